@@ -1,0 +1,564 @@
+"""Adaptive discriminator augmentation (ADA): the augmentation pipeline and the p controller.
+
+Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data", section 2.3
+and appendix B. Every image the discriminator sees goes through `AugmentPipe`; each transform is
+applied to each sample independently with probability (its multiplier) * p, and p is steered by
+`ada_adjust` from the sign of D's outputs on reals (fact sheet 3.5, 7).
+
+The pipeline is written in plain, twice-differentiable PyTorch (grid_sample's native double
+backward, reflect padding, grouped convolutions), so R1 can be taken through it (fact sheet 6,
+section 11: upstream needed a private aten op for this and broke on newer PyTorch).
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from torch_utils import misc
+from torch_utils import persistence
+from torch_utils.ops import upfirdn2d
+
+# ---------------------------------------------------------------------------------------------
+# Wavelet low-pass (decomposition) filters: published constants (Daubechies' least-asymmetric
+# "symlets"). Only sym2 (image-space filter bank) and sym6 (geometric resampling) are used.
+
+SYM2 = [
+    -0.12940952255092145, 0.22414386804185735, 0.836516303737469, 0.48296291314469025,
+]
+SYM6 = [
+    0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
+    0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
+    -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148,
+]
+wavelets = {'sym2': SYM2, 'sym6': SYM6}
+
+# ---------------------------------------------------------------------------------------------
+# --augpipe presets (fact sheet 2.4): every listed transform gets probability multiplier 1.
+
+_BLIT = dict(xflip=1, rotate90=1, xint=1)
+_GEOM = dict(scale=1, rotate=1, aniso=1, xfrac=1)
+_COLOR = dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)
+_FILTER = dict(imgfilter=1)
+_NOISE = dict(noise=1)
+_CUTOUT = dict(cutout=1)
+
+augpipe_specs = {
+    'blit':   dict(**_BLIT),
+    'geom':   dict(**_GEOM),
+    'color':  dict(**_COLOR),
+    'filter': dict(**_FILTER),
+    'noise':  dict(**_NOISE),
+    'cutout': dict(**_CUTOUT),
+    'bg':     dict(**_BLIT, **_GEOM),
+    'bgc':    dict(**_BLIT, **_GEOM, **_COLOR),
+    'bgcf':   dict(**_BLIT, **_GEOM, **_COLOR, **_FILTER),
+    'bgcfn':  dict(**_BLIT, **_GEOM, **_COLOR, **_FILTER, **_NOISE),
+    'bgcfnc': dict(**_BLIT, **_GEOM, **_COLOR, **_FILTER, **_NOISE, **_CUTOUT),
+}
+
+# ---------------------------------------------------------------------------------------------
+# ADA controller.
+
+
+def ada_adjust(p, sign_mean, target, batch_size, interval, ada_kimg, p_max=None):
+    """One ADA update of the augmentation probability (paper section 3, fact sheet 3.5).
+
+    p <- max(p + sign(r_t - target) * batch_size * interval / (ada_kimg * 1000), 0), so p can move
+    from 0 to 1 in ada_kimg thousand images. Upstream has no upper bound; `p_max` (the
+    `--ada-p-max` option) adds one.
+
+    Args:
+        p: current probability (float).
+        sign_mean: r_t, the mean of sign(D(real)) since the previous adjustment. NaN (no samples
+            were reported) leaves p unchanged.
+        target: ADA target for r_t (0.6 by default).
+        batch_size: total batch size over all GPUs.
+        interval: iterations between adjustments.
+        ada_kimg: thousands of images for p to change by 1.
+        p_max: optional upper bound for p (None = unbounded, as upstream).
+
+    Returns:
+        the new p (float).
+    """
+    p = float(p)
+    if math.isnan(sign_mean):
+        return p
+    step = batch_size * interval / (ada_kimg * 1000)
+    p = max(p + float(np.sign(sign_mean - target)) * step, 0.0)
+    if p_max is not None:
+        p = min(p, float(p_max))
+    return p
+
+# ---------------------------------------------------------------------------------------------
+# Batched homogeneous matrices. Elements may be Python numbers or tensors of shape [N].
+
+
+def _batched_matrix(rows, batch_size, device):
+    """Stack a nested list of scalars/[N] tensors into a [N, R, C] float32 tensor."""
+    flat = [torch.as_tensor(e, dtype=torch.float32, device=device).expand(batch_size)
+            for row in rows for e in row]
+    return torch.stack(flat, dim=-1).reshape(batch_size, len(rows), len(rows[0]))
+
+
+def _translate2d(tx, ty, n, dev):
+    return _batched_matrix([[1, 0, tx], [0, 1, ty], [0, 0, 1]], n, dev)
+
+
+def _scale2d(sx, sy, n, dev):
+    return _batched_matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], n, dev)
+
+
+def _rotate2d(theta, n, dev):
+    c, s = torch.cos(theta), torch.sin(theta)
+    return _batched_matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]], n, dev)
+
+
+def _translate3d(tx, ty, tz, n, dev):
+    return _batched_matrix([[1, 0, 0, tx], [0, 1, 0, ty], [0, 0, 1, tz], [0, 0, 0, 1]], n, dev)
+
+
+def _scale3d(sx, sy, sz, n, dev):
+    return _batched_matrix([[sx, 0, 0, 0], [0, sy, 0, 0], [0, 0, sz, 0], [0, 0, 0, 1]], n, dev)
+
+
+def _rotate3d(axis, theta, n, dev):
+    """Rotation by theta about the unit 3-vector `axis` (Rodrigues' formula), homogeneous 4x4."""
+    vx, vy, vz = (float(a) for a in axis)
+    c, s = torch.cos(theta), torch.sin(theta)
+    d = 1 - c
+    return _batched_matrix([
+        [vx * vx * d + c,      vx * vy * d - vz * s, vx * vz * d + vy * s, 0],
+        [vy * vx * d + vz * s, vy * vy * d + c,      vy * vz * d - vx * s, 0],
+        [vz * vx * d - vy * s, vz * vy * d + vx * s, vz * vz * d + c,      0],
+        [0, 0, 0, 1],
+    ], n, dev)
+
+# ---------------------------------------------------------------------------------------------
+# Filters.
+
+
+def _build_filter_bank(lowpass, num_bands=4):
+    """Image-space filter bank from an orthogonal wavelet (fact sheet 7, "Hz_fbank construction").
+
+    Row 0 is the coarsest low-pass band and row num_bands-1 the finest high-pass band. Because
+    the half-band pair satisfies h2 + g2 = delta (power complementarity of an orthogonal wavelet),
+    the rows sum to a centred unit impulse: with every band gain 1 the filter is the identity.
+
+    Args:
+        lowpass: wavelet low-pass decomposition filter (1-D).
+        num_bands: number of bands.
+
+    Returns:
+        numpy float64 array [num_bands, taps].
+    """
+    h = np.asarray(lowpass, dtype=np.float64)
+    g = h * ((-1.0) ** np.arange(h.size))                 # quadrature-mirror high-pass
+    h2 = np.convolve(h, h[::-1]) / 2                        # half-band low-pass (autocorrelation)
+    g2 = np.convolve(g, g[::-1]) / 2                        # half-band high-pass
+    bank = np.eye(num_bands, 1)                             # [bands, 1]: all power in band 0
+    for band in range(1, num_bands):
+        upsampled = np.zeros([num_bands, bank.shape[1] * 2 - 1])
+        upsampled[:, ::2] = bank                            # zero-interleave, no trailing zero
+        bank = np.stack([np.convolve(row, h2) for row in upsampled])
+        start = (bank.shape[1] - g2.size) // 2
+        bank[band, start:start + g2.size] += g2             # new finest band, centred
+    return bank
+
+
+def _filter_lag(f):
+    """Low-frequency delay of a 2x upsampler with filter f, in input pixels (f's centre of mass).
+
+    Args:
+        f: 1-D filter taps.
+
+    Returns:
+        float; negative when the mass sits left of the middle tap.
+    """
+    f = np.asarray(f, dtype=np.float64)
+    centre = float((np.arange(f.size) * f).sum() / f.sum())
+    return (centre - (f.size - 1) / 2) / 2
+
+
+def _reflect_pad(x, pad):
+    """Reflect-pad the last two dims by pad = [left, right, top, bottom] (twice differentiable).
+
+    Uses F.pad when every pad is smaller than its dimension; otherwise mirrors repeatedly via an
+    index gather, so tiny images also work.
+    """
+    left, right, top, bottom = pad
+    H, W = x.shape[-2:]
+    if max(left, right) < W and max(top, bottom) < H:
+        return F.pad(x, [left, right, top, bottom], mode='reflect')
+    x = x.index_select(-1, _mirror_index(torch.arange(-left, W + right, device=x.device), W))
+    return x.index_select(-2, _mirror_index(torch.arange(-top, H + bottom, device=x.device), H))
+
+
+def _mirror_index(idx, size):
+    """Map integer indices outside [0, size) back inside by reflection about the edge pixels."""
+    if size == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (size - 1)
+    idx = idx.remainder(period)
+    return torch.where(idx < size, idx, period - idx)
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Draws:
+    """Random parameters for one forward pass: either sampled, or fixed at a percentile.
+
+    In debug mode (percentile q given) every gate is open and every parameter sits at the
+    q-quantile of its distribution, so a transform's effect can be inspected deterministically.
+    """
+
+    def __init__(self, batch_size, device, percentile=None):
+        self.n = batch_size
+        self.device = device
+        self.q = percentile
+
+    def uniform(self, *shape):
+        """U(0, 1) samples of shape [N, *shape]."""
+        shape = [self.n, *shape]
+        if self.q is None:
+            return torch.rand(shape, device=self.device)
+        return torch.full(shape, float(self.q), device=self.device)
+
+    def normal(self, *shape):
+        """N(0, 1) samples of shape [N, *shape]."""
+        shape = [self.n, *shape]
+        if self.q is None:
+            return torch.randn(shape, device=self.device)
+        return torch.full(shape, math.sqrt(2) * float(torch.erfinv(torch.tensor(2 * float(self.q) - 1))),
+                          device=self.device)
+
+    def integer(self, high):
+        """Uniform integers in {0, ..., high-1}, shape [N], as float32."""
+        return torch.floor(self.uniform() * high).clamp(max=high - 1)
+
+    def gate(self, prob):
+        """Bernoulli(prob) per sample, shape [N] bool; prob may be a 0-d tensor."""
+        if self.q is not None:
+            return torch.ones([self.n], dtype=torch.bool, device=self.device)
+        return torch.rand([self.n], device=self.device) < prob
+
+
+@persistence.persistent_class
+class AugmentPipe(torch.nn.Module):
+    """ADA augmentation pipeline: geometric, colour, image-space filtering and corruptions.
+
+    Each `<name>` argument is the probability multiplier of one transform (0 = disabled); the
+    transform is applied to each sample with probability multiplier * p, where `p` is a buffer
+    (overwritten by the training loop and adjusted by ADA). The `*_std`/`*_max` arguments set the
+    strength of the random parameters (fact sheet 7 lists the distributions).
+    """
+
+    def __init__(self,
+        xflip=0, rotate90=0, xint=0, xint_max=0.125,
+        scale=0, rotate=0, aniso=0, xfrac=0, scale_std=0.2, rotate_max=1, aniso_std=0.2, xfrac_std=0.125,
+        brightness=0, contrast=0, lumaflip=0, hue=0, saturation=0, brightness_std=0.2, contrast_std=0.5,
+        hue_max=1, saturation_std=1,
+        imgfilter=0, imgfilter_bands=[1, 1, 1, 1], imgfilter_std=1,
+        noise=0, cutout=0, noise_std=0.1, cutout_size=0.5,
+    ):
+        super().__init__()
+        self.register_buffer('p', torch.ones([]))  # overall multiplier for augmentation probability
+
+        # Pixel blitting.
+        self.xflip = float(xflip)
+        self.rotate90 = float(rotate90)
+        self.xint = float(xint)
+        self.xint_max = float(xint_max)
+
+        # General geometric transforms.
+        self.scale = float(scale)
+        self.rotate = float(rotate)
+        self.aniso = float(aniso)
+        self.xfrac = float(xfrac)
+        self.scale_std = float(scale_std)
+        self.rotate_max = float(rotate_max)
+        self.aniso_std = float(aniso_std)
+        self.xfrac_std = float(xfrac_std)
+
+        # Colour transforms.
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
+        self.lumaflip = float(lumaflip)
+        self.hue = float(hue)
+        self.saturation = float(saturation)
+        self.brightness_std = float(brightness_std)
+        self.contrast_std = float(contrast_std)
+        self.hue_max = float(hue_max)
+        self.saturation_std = float(saturation_std)
+
+        # Image-space filtering.
+        self.imgfilter = float(imgfilter)
+        self.imgfilter_bands = list(imgfilter_bands)
+        self.imgfilter_std = float(imgfilter_std)
+
+        # Corruptions.
+        self.noise = float(noise)
+        self.cutout = float(cutout)
+        self.noise_std = float(noise_std)
+        self.cutout_size = float(cutout_size)
+
+        # sym6 low-pass for the 2x up/down resampling around grid_sample; [12], normalised to sum 1.
+        self.register_buffer('Hz_geom', upfirdn2d.setup_filter(SYM6))
+        # sym2-based 4-band filter bank for imgfilter; [4, 43].
+        self.register_buffer('Hz_fbank', torch.as_tensor(_build_filter_bank(SYM2), dtype=torch.float32))
+
+    # -----------------------------------------------------------------------------------------
+
+    def forward(self, images, debug_percentile=None):
+        """Augment a batch of images.
+
+        Args:
+            images: [N, C, H, W] float tensor in the network range [-1, 1]; C must be 1 or 3 when
+                colour transforms are enabled.
+            debug_percentile: None for normal random augmentation. A number q in (0, 1) applies
+                every enabled transform to every sample (ignoring p) with its parameters at the
+                q-quantile of their distributions; useful for visualisation and tests.
+
+        Returns:
+            augmented images, same shape and dtype.
+        """
+        assert isinstance(images, torch.Tensor) and images.ndim == 4, 'expected images [N, C, H, W]'
+        N, C, H, W = images.shape
+        draws = _Draws(N, images.device, debug_percentile)
+        x = images
+        B_inv = self._blit_matrix(draws, W, H)
+        if B_inv is not None:
+            x = self._apply_blit(x, B_inv)
+        G_inv = self._geometric_matrix(draws, W, H)
+        if G_inv is not None:
+            x = self._apply_geometry(x, G_inv)
+        C_mat = self._color_matrix(draws, C)
+        if C_mat is not None:
+            x = self._apply_color(x, C_mat)
+        if self.imgfilter > 0:
+            x = self._apply_imgfilter(x, draws)
+        if self.noise > 0:
+            x = self._apply_noise(x, draws)
+        if self.cutout > 0:
+            x = self._apply_cutout(x, draws)
+        misc.assert_shape(x, [N, C, H, W])
+        return x
+
+    # -----------------------------------------------------------------------------------------
+    # Geometry. Coordinates are pixels relative to the image centre (x right, y down); an inverse
+    # matrix maps output pixel -> input pixel and grows by right-multiplication, each step appending
+    # the inverse of its forward transform (fact sheet 7 table).
+    #
+    # Deliberate difference from upstream: the integer "blit" steps (xflip, rotate90, xint) are
+    # executed first as an exact per-sample pixel gather instead of being folded into the resampled
+    # matrix. The composition is the same (blits act on the image before the general transforms),
+    # but blits are now lossless as the paper intends: a flip is exactly torch.flip, whereas the
+    # sym6 resampling chain is only an identity for the identity transform.
+
+    def _blit_matrix(self, draws, W, H):
+        """Inverse integer transform [N, 3, 3] (xflip, rotate90, xint), or None if disabled."""
+        if max(self.xflip, self.rotate90, self.xint) <= 0:
+            return None
+        n, dev, p = draws.n, draws.device, self.p
+        B_inv = torch.eye(3, device=dev).expand(n, 3, 3)
+        if self.xflip > 0:
+            i = torch.where(draws.gate(self.xflip * p), draws.integer(2), 0)
+            B_inv = B_inv @ _scale2d(1 - 2 * i, 1, n, dev)                         # flip is its own inverse
+        if self.rotate90 > 0:
+            i = torch.where(draws.gate(self.rotate90 * p), draws.integer(4), 0)
+            B_inv = B_inv @ _rotate2d(np.pi / 2 * i, n, dev)                       # inverse of rot(-pi/2*i)
+        if self.xint > 0:
+            t = (draws.uniform(2) * 2 - 1) * self.xint_max
+            t = torch.where(draws.gate(self.xint * p)[:, None], t, 0)
+            B_inv = B_inv @ _translate2d(-torch.round(t[:, 0] * W), -torch.round(t[:, 1] * H), n, dev)
+        return B_inv
+
+    @staticmethod
+    def _apply_blit(x, B_inv):
+        """Exact integer resampling: gather each output pixel from the reflected input."""
+        N, C, H, W = x.shape
+        dev = x.device
+        ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
+                                torch.arange(W, device=dev, dtype=torch.float32), indexing='ij')
+        coords = torch.stack([xs.flatten() - (W - 1) / 2, ys.flatten() - (H - 1) / 2,
+                              torch.ones([H * W], device=dev)])                # [3, HW] centred
+        src = B_inv @ coords                                                   # [N, 3, HW]
+        # Rounding only matters for rotate90 of non-square images with odd W - H.
+        sx = _mirror_index(torch.round(src[:, 0] + (W - 1) / 2).long(), W)
+        sy = _mirror_index(torch.round(src[:, 1] + (H - 1) / 2).long(), H)
+        index = (sy * W + sx)[:, None, :].expand(N, C, H * W)
+        return x.reshape(N, C, H * W).gather(2, index).reshape(N, C, H, W)
+
+    def _geometric_matrix(self, draws, W, H):
+        """Inverse general transform [N, 3, 3] (scale, rotate, aniso, xfrac), or None if disabled."""
+        if max(self.scale, self.rotate, self.aniso, self.xfrac) <= 0:
+            return None
+        n, dev, p = draws.n, draws.device, self.p
+        G_inv = torch.eye(3, device=dev).expand(n, 3, 3)
+        if self.scale > 0:
+            s = torch.exp2(draws.normal() * self.scale_std)
+            s = torch.where(draws.gate(self.scale * p), s, 1)
+            G_inv = G_inv @ _scale2d(1 / s, 1 / s, n, dev)
+
+        # Pre- and post-rotation are gated separately so that P(at least one) = rotate * p.
+        p_rot = 1 - torch.sqrt((1 - self.rotate * p).clamp(0, 1))
+        if self.rotate > 0:
+            theta = (draws.uniform() * 2 - 1) * np.pi * self.rotate_max
+            theta = torch.where(draws.gate(p_rot), theta, 0)
+            G_inv = G_inv @ _rotate2d(theta, n, dev)                                # inverse of rot(-theta)
+        if self.aniso > 0:
+            s = torch.exp2(draws.normal() * self.aniso_std)
+            s = torch.where(draws.gate(self.aniso * p), s, 1)
+            G_inv = G_inv @ _scale2d(1 / s, s, n, dev)
+        if self.rotate > 0:
+            theta = (draws.uniform() * 2 - 1) * np.pi * self.rotate_max
+            theta = torch.where(draws.gate(p_rot), theta, 0)
+            G_inv = G_inv @ _rotate2d(theta, n, dev)
+        if self.xfrac > 0:
+            t = draws.normal(2) * self.xfrac_std
+            t = torch.where(draws.gate(self.xfrac * p)[:, None], t, 0)
+            G_inv = G_inv @ _translate2d(-t[:, 0] * W, -t[:, 1] * H, n, dev)
+        return G_inv
+
+    def _geometry_padding(self, G_inv, W, H, border):
+        """Reflect padding [left, right, top, bottom] that covers every sampled input pixel."""
+        # Corners of the output canvas (image plus `border` pixels), mapped into the input.
+        cx, cy = (W - 1) / 2 + border, (H - 1) / 2 + border
+        corners = torch.tensor([[-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1]],
+                               dtype=torch.float32, device=G_inv.device).t()  # [3, 4]
+        src = G_inv @ corners                                                  # [N, 3, 4]
+        sx, sy = src[:, 0, :], src[:, 1, :]
+        # Margin: the up-sampling filter's half footprint (border) plus one pixel for bilinear.
+        margin = border + 1
+        need = torch.stack([-sx.min() - (W - 1) / 2, sx.max() - (W - 1) / 2,
+                            -sy.min() - (H - 1) / 2, sy.max() - (H - 1) / 2]) + margin
+        need = need.ceil().clamp(min=0)
+        # Beyond one full reflection the sampler reads zeros (grid_sample padding_mode='zeros').
+        limit = torch.tensor([W - 1, W - 1, H - 1, H - 1], dtype=need.dtype, device=need.device)
+        return [int(v) for v in torch.minimum(need, limit).tolist()]  # one host sync per batch
+
+    def _apply_geometry(self, x, G_inv):
+        """Reflect pad, 2x upsample, resample with G_inv, 2x downsample (fact sheet 7)."""
+        N, C, H, W = x.shape
+        border = self.Hz_geom.shape[0] // 4                     # 3 output pixels for 12 taps
+        left, right, top, bottom = self._geometry_padding(G_inv, W, H, border)
+        x = _reflect_pad(x, [left, right, top, bottom])
+        Wp, Hp = W + left + right, H + top + bottom
+        x = upfirdn2d.upsample2d(x=x, f=self.Hz_geom, up=2)     # [N, C, 2Hp, 2Wp]
+
+        # Output canvas in the upsampled domain: the image plus `border` pixels on each side.
+        Wc, Hc = 2 * W + 4 * border, 2 * H + 4 * border
+        dev = x.device
+        out_to_pix = _scale2d(Wc / 4, Hc / 4, 1, dev)            # normalised canvas -> centred pixels
+        pad_shift = _translate2d((left - right) / 2, (top - bottom) / 2, 1, dev)  # centre moves by padding
+        pix_to_in = _scale2d(2 / Wp, 2 / Hp, 1, dev)             # centred pixels -> normalised input
+        # sym6 is not symmetric: the upsampler delays the signal by `lag` pixels and the flipped
+        # downsampler advances it by the same amount. Those cancel for the identity but not for a
+        # flip or rotation, so conjugate G_inv with the lag to keep flips and rot90s aligned.
+        lag = _filter_lag(SYM6)  # from the constant, not the buffer: no device read
+        lag_in, lag_out = _translate2d(lag, lag, 1, dev), _translate2d(-lag, -lag, 1, dev)
+        theta = (pix_to_in @ pad_shift @ lag_in @ G_inv @ lag_out @ out_to_pix)[:, :2, :]
+        grid = F.affine_grid(theta.to(x.dtype), [N, C, Hc, Wc], align_corners=False)
+        # Native grid_sample: its double backward w.r.t. the input works on current PyTorch, which
+        # R1 through the pipe needs (tests/test_augment.py checks it).
+        x = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+
+        # Flipped filter on the way down cancels the phase of the (nearly symmetric) sym6.
+        return upfirdn2d.downsample2d(x=x, f=self.Hz_geom, down=2, padding=-border * 2, flip_filter=True)
+
+    # -----------------------------------------------------------------------------------------
+    # Colour: a 4x4 matrix acting on [r, g, b, 1] in the [-1, 1] range, grown by left-multiplication
+    # (the first step listed acts first). The luma axis is v = [1, 1, 1, 0] / sqrt(3).
+
+    def _color_matrix(self, draws, num_channels):
+        """Colour transform [N, 4, 4], or None if no colour transform is enabled."""
+        if max(self.brightness, self.contrast, self.lumaflip, self.hue, self.saturation) <= 0:
+            return None
+        n, dev, p = draws.n, draws.device, self.p
+        I_4 = torch.eye(4, device=dev)
+        v = torch.tensor([1, 1, 1, 0], dtype=torch.float32, device=dev) / np.sqrt(3)
+        vv = torch.outer(v, v)
+        C = I_4.expand(n, 4, 4)
+
+        if self.brightness > 0:
+            b = draws.normal() * self.brightness_std
+            b = torch.where(draws.gate(self.brightness * p), b, 0)
+            C = _translate3d(b, b, b, n, dev) @ C
+        if self.contrast > 0:
+            c = torch.exp2(draws.normal() * self.contrast_std)
+            c = torch.where(draws.gate(self.contrast * p), c, 1)
+            C = _scale3d(c, c, c, n, dev) @ C
+        if self.lumaflip > 0:
+            i = torch.where(draws.gate(self.lumaflip * p), draws.integer(2), 0)
+            C = (I_4 - 2 * vv * i[:, None, None]) @ C                 # Householder reflection of luma
+        if self.hue > 0 and num_channels > 1:
+            theta = (draws.uniform() * 2 - 1) * np.pi * self.hue_max
+            theta = torch.where(draws.gate(self.hue * p), theta, 0)
+            C = _rotate3d(v[:3].tolist(), theta, n, dev) @ C          # rotate chroma about the luma axis
+        if self.saturation > 0 and num_channels > 1:
+            s = torch.exp2(draws.normal() * self.saturation_std)
+            s = torch.where(draws.gate(self.saturation * p), s, 1)
+            # Keep luma, scale chroma by s; the homogeneous entry stays 1.
+            C = (vv + (I_4 - vv - torch.diag(I_4[3])) * s[:, None, None] + torch.diag(I_4[3])) @ C
+        return C
+
+    @staticmethod
+    def _apply_color(x, C):
+        """Apply [N, 4, 4] colour matrices to [N, C, H, W] images (C = 1 or 3)."""
+        N, num_channels, H, W = x.shape
+        C = C.to(x.dtype)
+        flat = x.reshape(N, num_channels, H * W)
+        if num_channels == 3:
+            flat = C[:, :3, :3] @ flat + C[:, :3, 3:]
+        elif num_channels == 1:
+            # Equivalent to replicating the channel to RGB, transforming, and averaging back.
+            row = C[:, :3, :].mean(dim=1, keepdim=True)             # [N, 1, 4]
+            flat = flat * row[:, :, :3].sum(dim=2, keepdim=True) + row[:, :, 3:]
+        else:
+            raise ValueError(f'AugmentPipe colour transforms need 1 or 3 image channels, got {num_channels}')
+        return flat.reshape(N, num_channels, H, W)
+
+    # -----------------------------------------------------------------------------------------
+    # Image-space filtering and corruptions.
+
+    def _apply_imgfilter(self, x, draws):
+        """Random per-band gains of the sym2 filter bank, applied separably with reflect padding."""
+        N, C, H, W = x.shape
+        num_bands, taps = self.Hz_fbank.shape
+        assert len(self.imgfilter_bands) == num_bands, f'imgfilter_bands must have {num_bands} entries'
+        dev = x.device
+        # Expected power spectrum of natural images per band, so boosting a band keeps the total.
+        expected_power = torch.tensor([10, 1, 1, 1], dtype=torch.float32, device=dev) / 13
+        gains = torch.ones([N, num_bands], device=dev)
+        for band, strength in enumerate(self.imgfilter_bands):
+            t = torch.exp2(draws.normal() * self.imgfilter_std)
+            t = torch.where(draws.gate(self.imgfilter * self.p * strength), t, 1)
+            t_vec = torch.where(torch.arange(num_bands, device=dev) == band, t[:, None], 1.0)  # [N, bands]
+            t_vec = t_vec / (expected_power * t_vec.square()).sum(dim=-1, keepdim=True).sqrt()
+            gains = gains * t_vec
+        kernel = (gains @ self.Hz_fbank).to(x.dtype)                  # [N, taps]
+        kernel = kernel[:, None, :].expand(N, C, taps).reshape(N * C, 1, taps)
+        half = taps // 2
+        y = x.reshape(1, N * C, H, W)                                 # one group per image channel
+        y = F.conv2d(_reflect_pad(y, [half, half, 0, 0]), kernel[:, :, None, :], groups=N * C)
+        y = F.conv2d(_reflect_pad(y, [0, 0, half, half]), kernel[:, :, :, None], groups=N * C)
+        return y.reshape(N, C, H, W)
+
+    def _apply_noise(self, x, draws):
+        """Additive Gaussian noise with per-sample sigma = |N(0,1)| * noise_std."""
+        sigma = draws.normal().abs() * self.noise_std
+        sigma = torch.where(draws.gate(self.noise * self.p), sigma, 0)
+        return x + torch.randn_like(x) * sigma[:, None, None, None].to(x.dtype)
+
+    def _apply_cutout(self, x, draws):
+        """Zero a square of side cutout_size (relative to the image) at a uniform random centre."""
+        N, C, H, W = x.shape
+        size = torch.where(draws.gate(self.cutout * self.p), self.cutout_size, 0.0)
+        centre = draws.uniform(2)
+        coord_x = ((torch.arange(W, device=x.device) + 0.5) / W)[None, None, None, :]
+        coord_y = ((torch.arange(H, device=x.device) + 0.5) / H)[None, None, :, None]
+        half = (size / 2)[:, None, None, None]
+        keep_x = (coord_x - centre[:, 0, None, None, None]).abs() >= half
+        keep_y = (coord_y - centre[:, 1, None, None, None]).abs() >= half
+        return x * torch.logical_or(keep_x, keep_y).to(x.dtype)

@@ -1,0 +1,249 @@
+"""StyleGAN2 loss: non-saturating logistic GAN loss with lazy R1 and path-length regularisation.
+
+Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN" (StyleGAN2): section
+3.2 (path-length regularisation), appendix B (lazy regularisation); Mescheder et al. 2018 (R1).
+Fact sheet section 6 describes the exact behaviour reproduced here.
+
+One difference from upstream: the path-length EMA `pl_mean` is part of `state_dict()`, so a
+continued run restarts with the same regulariser target instead of from 0.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from torch_utils import misc
+from torch_utils import training_stats
+
+PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
+
+
+class Loss:
+    """Interface of a training loss driven by the training loop."""
+
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, sync, gain):
+        """Run one phase on one batch chunk and accumulate parameter gradients (`.backward()`)."""
+        raise NotImplementedError()
+
+
+def draw_mixing_cutoff(num_ws, style_mixing_prob, device):
+    """Draw the style-mixing cutoff for one batch (fact sheet 6, 12.12: one draw per batch).
+
+    With probability `style_mixing_prob` the cutoff is uniform in {1, ..., num_ws - 1}; otherwise it
+    is num_ws (no mixing). Stays on `device` so no host sync is needed.
+
+    Args:
+        num_ws: number of W vectors the synthesis network consumes.
+        style_mixing_prob: probability of mixing.
+        device: torch device.
+
+    Returns:
+        0-d int64 tensor.
+    """
+    cutoff = torch.randint(1, max(num_ws, 2), [], device=device)
+    mix = torch.rand([], device=device) < style_mixing_prob
+    return torch.where(mix, cutoff, torch.full_like(cutoff, num_ws))
+
+
+def mix_styles(ws, ws_other, cutoff):
+    """Take W vectors [cutoff:] from `ws_other` and [:cutoff] from `ws`.
+
+    Args:
+        ws: [N, num_ws, w_dim].
+        ws_other: [N, num_ws, w_dim].
+        cutoff: 0-d integer tensor (or int).
+
+    Returns:
+        [N, num_ws, w_dim].
+    """
+    index = torch.arange(ws.shape[1], device=ws.device)
+    # torch.where instead of slicing with a tensor index: slicing would read cutoff on the host.
+    return torch.where((index >= cutoff)[None, :, None], ws_other, ws)
+
+
+class StyleGAN2Loss(Loss):
+    """Loss of StyleGAN2 / StyleGAN2-ADA.
+
+    Args:
+        device: device of the networks and inputs.
+        G_mapping: mapping network, called as G_mapping(z, c, skip_w_avg_update=...) -> ws [N, num_ws, w_dim].
+        G_synthesis: synthesis network, called as G_synthesis(ws) -> img [N, C, H, W].
+        D: discriminator, called as D(img, c) -> logits [N, 1].
+        augment_pipe: optional AugmentPipe applied to every image D sees.
+        style_mixing_prob: probability of mixing two latents in a batch (0 disables).
+        r1_gamma: R1 weight (0 disables Dreg).
+        pl_batch_shrink: path-length regularisation uses batch // pl_batch_shrink samples.
+        pl_decay: EMA rate of the path-length target pl_mean.
+        pl_weight: path-length weight (0 disables Greg).
+    """
+
+    def __init__(self, device, G_mapping, G_synthesis, D, augment_pipe=None, style_mixing_prob=0.9,
+                 r1_gamma=10, pl_batch_shrink=2, pl_decay=0.01, pl_weight=2):
+        super().__init__()
+        self.device = torch.device(device)
+        self.G_mapping = G_mapping
+        self.G_synthesis = G_synthesis
+        self.D = D
+        self.augment_pipe = augment_pipe
+        self.style_mixing_prob = style_mixing_prob
+        self.r1_gamma = r1_gamma
+        self.pl_batch_shrink = pl_batch_shrink
+        self.pl_decay = pl_decay
+        self.pl_weight = pl_weight
+        self.pl_mean = torch.zeros([], device=self.device)
+
+    # -----------------------------------------------------------------------------------------
+    # State (so that continuing a run is lossless).
+
+    def state_dict(self):
+        """Loss state: the path-length EMA.
+
+        Returns:
+            dict with 'pl_mean' (0-d float tensor on CPU).
+        """
+        return {'pl_mean': self.pl_mean.detach().cpu().clone()}
+
+    def load_state_dict(self, state):
+        """Restore the state written by `state_dict()`.
+
+        Args:
+            state: dict with 'pl_mean'.
+        """
+        self.pl_mean = torch.as_tensor(state['pl_mean'], dtype=torch.float32).reshape([]).to(self.device).clone()
+
+    # -----------------------------------------------------------------------------------------
+
+    def run_G(self, z, c, sync):
+        """Generate images, with style mixing decided once for the whole batch.
+
+        Args:
+            z: [N, z_dim] latents.
+            c: [N, c_dim] labels.
+            sync: whether DDP may all-reduce gradients of G in this pass.
+
+        Returns:
+            (img [N, C, H, W], ws [N, num_ws, w_dim]).
+        """
+        with misc.ddp_sync(self.G_mapping, sync):
+            ws = self.G_mapping(z, c)  # also updates w_avg (G in train mode)
+            if self.style_mixing_prob > 0:
+                cutoff = draw_mixing_cutoff(ws.shape[1], self.style_mixing_prob, ws.device)
+                # The second latent must not pull the W average (fact sheet 12.12).
+                ws_other = self.G_mapping(torch.randn_like(z), c, skip_w_avg_update=True)
+                ws = mix_styles(ws, ws_other, cutoff)
+        with misc.ddp_sync(self.G_synthesis, sync):
+            img = self.G_synthesis(ws)
+        return img, ws
+
+    def run_D(self, img, c, sync):
+        """Augment (when a pipe is set) and score images.
+
+        Args:
+            img: [N, C, H, W] images in [-1, 1].
+            c: [N, c_dim] labels.
+            sync: whether DDP may all-reduce gradients of D in this pass.
+
+        Returns:
+            logits [N, 1].
+        """
+        if self.augment_pipe is not None:
+            img = self.augment_pipe(img)
+        with misc.ddp_sync(self.D, sync):
+            logits = self.D(img, c)
+        return logits
+
+    # -----------------------------------------------------------------------------------------
+
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, sync, gain):
+        """Compute the phase's loss on one batch chunk and backpropagate it, scaled by `gain`.
+
+        Args:
+            phase: one of 'Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth'.
+            real_img: [N, C, H, W] real images in [-1, 1].
+            real_c: [N, c_dim] real labels.
+            gen_z: [N, z_dim] latents.
+            gen_c: [N, c_dim] labels for the generated images.
+            sync: True on the last chunk of the phase (DDP all-reduces gradients then).
+            gain: loss multiplier, the phase interval for lazy regularisation.
+        """
+        assert phase in PHASES, f'unknown phase {phase!r}'
+        do_Gmain = phase in ('Gmain', 'Gboth')
+        do_Dmain = phase in ('Dmain', 'Dboth')
+        do_Gpl = phase in ('Greg', 'Gboth') and self.pl_weight != 0
+        do_Dr1 = phase in ('Dreg', 'Dboth') and self.r1_gamma != 0
+
+        if do_Gmain:
+            self._accumulate_Gmain(gen_z, gen_c, sync=(sync and not do_Gpl), gain=gain)
+        if do_Gpl:
+            self._accumulate_Gpl(gen_z, gen_c, sync=sync, gain=gain)
+        loss_Dgen = None
+        if do_Dmain:
+            loss_Dgen = self._accumulate_Dgen(gen_z, gen_c, gain=gain)
+        if do_Dmain or do_Dr1:
+            self._accumulate_Dreal(real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, sync=sync, gain=gain)
+
+    def _accumulate_Gmain(self, gen_z, gen_c, sync, gain):
+        """Non-saturating generator loss softplus(-D(G(z)))."""
+        gen_img, _ws = self.run_G(gen_z, gen_c, sync=sync)
+        gen_logits = self.run_D(gen_img, gen_c, sync=False)
+        training_stats.report('Loss/scores/fake', gen_logits)
+        training_stats.report('Loss/signs/fake', gen_logits.sign())
+        loss_Gmain = F.softplus(-gen_logits)
+        training_stats.report('Loss/G/loss', loss_Gmain)
+        loss_Gmain.mean().mul(gain).backward()
+
+    def _accumulate_Gpl(self, gen_z, gen_c, sync, gain):
+        """Path-length regularisation (StyleGAN2 eq. 4) on batch // pl_batch_shrink samples."""
+        batch_size = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
+        gen_img, gen_ws = self.run_G(gen_z[:batch_size], gen_c[:batch_size], sync=sync)
+        # Random image-space direction y, scaled so E|J^T y| does not depend on the resolution.
+        pl_noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
+        # Only the gradient w.r.t. ws is requested, so autograd skips weight gradients here.
+        pl_grads, = torch.autograd.grad(outputs=[(gen_img * pl_noise).sum()], inputs=[gen_ws],
+                                        create_graph=True)
+        pl_lengths = pl_grads.square().sum(dim=2).mean(dim=1).sqrt()      # [n]
+        pl_mean = self.pl_mean.lerp(pl_lengths.mean(), self.pl_decay)
+        self.pl_mean.copy_(pl_mean.detach())
+        pl_penalty = (pl_lengths - pl_mean).square()
+        training_stats.report('Loss/pl_penalty', pl_penalty)
+        loss_Gpl = pl_penalty * self.pl_weight
+        training_stats.report('Loss/G/reg', loss_Gpl)
+        # `img * 0` keeps the synthesis output in the graph so DDP sees every parameter used.
+        (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean().mul(gain).backward()
+
+    def _accumulate_Dgen(self, gen_z, gen_c, gain):
+        """Discriminator loss on fakes, softplus(D(G(z))); G receives no gradient."""
+        with torch.no_grad():
+            gen_img, _ws = self.run_G(gen_z, gen_c, sync=False)
+        gen_logits = self.run_D(gen_img, gen_c, sync=False)  # D syncs on the real pass only
+        training_stats.report('Loss/scores/fake', gen_logits)
+        training_stats.report('Loss/signs/fake', gen_logits.sign())
+        loss_Dgen = F.softplus(gen_logits)
+        loss_Dgen.mean().mul(gain).backward()
+        return loss_Dgen.detach()
+
+    def _accumulate_Dreal(self, real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, sync, gain):
+        """Discriminator loss on reals softplus(-D(x)) and/or R1 (Mescheder et al. 2018, eq. 9)."""
+        # R1 is taken w.r.t. the un-augmented reals, through the augmentation (fact sheet 12.14).
+        real_img_tmp = real_img.detach().requires_grad_(do_Dr1)
+        real_logits = self.run_D(real_img_tmp, real_c, sync=sync)
+        # Reported in Dreg too: ADA's r_t is the mean of these signs.
+        training_stats.report('Loss/scores/real', real_logits)
+        training_stats.report('Loss/signs/real', real_logits.sign())
+
+        loss_Dreal = 0
+        if do_Dmain:
+            loss_Dreal = F.softplus(-real_logits)
+            training_stats.report('Loss/D/loss', loss_Dgen + loss_Dreal)
+
+        loss_Dr1 = 0
+        if do_Dr1:
+            r1_grads, = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real_img_tmp],
+                                            create_graph=True)
+            r1_penalty = r1_grads.square().sum(dim=[1, 2, 3])[:, None]   # [N, 1], sum over C, H, W
+            loss_Dr1 = r1_penalty * (self.r1_gamma / 2)
+            training_stats.report('Loss/r1_penalty', r1_penalty)
+            training_stats.report('Loss/D/reg', loss_Dr1)
+
+        # `logits * 0` keeps D's output in the graph for DDP even when only R1 is active.
+        (real_logits * 0 + loss_Dreal + loss_Dr1).mean().mul(gain).backward()
