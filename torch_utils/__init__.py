@@ -1,0 +1,1 @@
+"""Torch infrastructure: custom ops, misc helpers, persistence, training statistics, checkpoint IO."""

@@ -1,0 +1,238 @@
+"""bias_act: fused bias + activation + gain + clamp.
+
+    y = clamp(act(x + b, alpha) * gain, -clamp, +clamp)
+
+with b broadcast along `dim` (fact sheet 5.2; upstream order: activation, then gain, then clamp).
+alpha and gain default to the activation's def_alpha and def_gain; clamp=None disables clamping.
+
+Two implementations:
+  - 'ref': plain PyTorch, any device/dtype, gradients of any order.
+  - 'cuda': torch_utils/ops/bias_act.cu, an elementwise kernel (float32 math for float16 inputs).
+    x must be non-overlapping and dense (contiguous, channels_last, or any permutation of those); other
+    views are made contiguous first. First and second derivatives are supported, not third.
+    One documented difference: the CUDA backward zeroes the gradient where the forward output was not
+    strictly inside (-clamp, +clamp), while torch.clamp (the reference) passes it on the closed interval;
+    the two agree everywhere except at outputs exactly equal to +-clamp.
+"""
+
+import functools
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dnnlib.util import EasyDict
+from torch_utils import custom_ops
+
+_PLUGIN_NAME = 'bias_act_plugin'
+_SRC_DIR = os.path.dirname(os.path.abspath(__file__))
+_SOURCES = [os.path.join(_SRC_DIR, 'bias_act.cpp'), os.path.join(_SRC_DIR, 'bias_act.cu')]
+_HEADERS = [os.path.join(_SRC_DIR, 'bias_act.h')]
+# --use_fast_math: exp/tanh/log use the fast intrinsics. Their relative error (~1e-6) is far below the
+# float16 resolution the networks run at and below the test tolerances; upstream made the same choice.
+_BUILD_KWARGS = dict(extra_cuda_cflags=['--use_fast_math'])
+
+_SELU_SCALE = 1.0507009873554805   # lambda of SELU (Klambauer et al. 2017)
+_SELU_ALPHA = 1.6732632423543772
+
+
+def _swish(x, **_):
+    return x * torch.sigmoid(x)
+
+
+# func: the reference formula. cuda_idx: the kernel's switch value. ref: which saved tensor the kernel's
+# derivative needs ('x' = pre-activation input, 'y' = output, '' = neither). has_2nd_grad: whether the
+# second derivative is non-zero (decides whether backward-of-backward must do any work).
+activation_funcs = {
+    'linear':   EasyDict(func=lambda x, **_: x,                               def_alpha=0,   def_gain=1,          cuda_idx=1, ref='',  has_2nd_grad=False),
+    'relu':     EasyDict(func=lambda x, **_: F.relu(x),                       def_alpha=0,   def_gain=np.sqrt(2), cuda_idx=2, ref='y', has_2nd_grad=False),
+    'lrelu':    EasyDict(func=lambda x, alpha, **_: F.leaky_relu(x, alpha),   def_alpha=0.2, def_gain=np.sqrt(2), cuda_idx=3, ref='y', has_2nd_grad=False),
+    'tanh':     EasyDict(func=lambda x, **_: torch.tanh(x),                   def_alpha=0,   def_gain=1,          cuda_idx=4, ref='y', has_2nd_grad=True),
+    'sigmoid':  EasyDict(func=lambda x, **_: torch.sigmoid(x),                def_alpha=0,   def_gain=1,          cuda_idx=5, ref='y', has_2nd_grad=True),
+    'elu':      EasyDict(func=lambda x, **_: F.elu(x),                        def_alpha=0,   def_gain=1,          cuda_idx=6, ref='y', has_2nd_grad=True),
+    'selu':     EasyDict(func=lambda x, **_: F.selu(x),                       def_alpha=0,   def_gain=1,          cuda_idx=7, ref='y', has_2nd_grad=True),
+    'softplus': EasyDict(func=lambda x, **_: F.softplus(x),                   def_alpha=0,   def_gain=1,          cuda_idx=8, ref='y', has_2nd_grad=True),
+    'swish':    EasyDict(func=_swish,                                         def_alpha=0,   def_gain=np.sqrt(2), cuda_idx=9, ref='x', has_2nd_grad=True),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Implementation choice.
+
+def _load_plugin(required):
+    """The compiled plugin, or None under impl='auto' when it cannot be built (warned once)."""
+    if required:
+        return custom_ops.get_plugin(_PLUGIN_NAME, _SOURCES, _HEADERS, **_BUILD_KWARGS)
+    return custom_ops.get_plugin_or_none(_PLUGIN_NAME, _SOURCES, _HEADERS, **_BUILD_KWARGS)
+
+
+def which_impl(x, impl='auto'):
+    """Which implementation a call with this tensor and impl runs: 'ref' or 'cuda'.
+
+    May trigger the (one) plugin build. With impl='cuda' a failed build raises PluginBuildError, and a
+    non-CUDA tensor raises ValueError.
+    """
+    if impl not in ('auto', 'ref', 'cuda'):
+        raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
+    if impl == 'ref':
+        return 'ref'
+    if x.device.type != 'cuda':
+        if impl == 'cuda':
+            raise ValueError(f"impl='cuda' needs a CUDA tensor, got one on {x.device}")
+        return 'ref'
+    return 'cuda' if _load_plugin(required=(impl == 'cuda')) is not None else 'ref'
+
+
+def cuda_available():
+    """True when the CUDA plugin is built (or builds now); never raises."""
+    if not torch.cuda.is_available():
+        return False
+    return _load_plugin(required=False) is not None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public op.
+
+def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, impl='auto'):
+    """Add a bias along one dimension, apply an activation, scale, and clamp.
+
+    Args:
+        x: Input tensor of any shape, float16/float32/float64.
+        b: Bias of shape [x.shape[dim]] and x's dtype, or None.
+        dim: The dimension of x that b runs along.
+        act: A key of activation_funcs.
+        alpha: Activation parameter (lrelu's negative slope); None = def_alpha.
+        gain: Output scale; None = def_gain.
+        clamp: Clamp the output to [-clamp, clamp]; None = no clamping. Must be >= 0.
+        impl: 'auto', 'ref' or 'cuda'.
+
+    Returns:
+        Tensor of x's shape and dtype.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError('x must be a tensor')
+    if act not in activation_funcs:
+        raise ValueError(f'unknown activation {act!r}; expected one of {sorted(activation_funcs)}')
+    if clamp is not None and clamp < 0:
+        raise ValueError(f'clamp must be None or >= 0, got {clamp}')
+    if b is not None:
+        if b.ndim != 1 or not (0 <= dim < x.ndim) or b.shape[0] != x.shape[dim]:
+            raise ValueError(f'bias of shape {list(b.shape)} does not match dim {dim} of x {list(x.shape)}')
+    spec = activation_funcs[act]
+    alpha = float(spec.def_alpha if alpha is None else alpha)
+    gain = float(spec.def_gain if gain is None else gain)
+    clamp = float(-1 if clamp is None else clamp)
+    if which_impl(x, impl) == 'cuda':
+        if b is None:
+            b = x.new_empty([0])
+        return _bias_act_cuda(dim, act, alpha, gain, clamp).apply(x, b)
+    return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
+
+
+def _bias_act_ref(x, b, dim, act, alpha, gain, clamp):
+    """Pure-PyTorch bias_act; alpha/gain/clamp already resolved (clamp < 0 = none)."""
+    if b is not None:
+        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    x = activation_funcs[act].func(x, alpha=alpha)
+    if gain != 1:
+        x = x * gain
+    if clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CUDA path.
+
+def _format_of(t):
+    """Memory format whose element order t follows: channels_last for NHWC-dense 4-D tensors."""
+    if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _dense(t):
+    """A layout the kernel can walk linearly: keep contiguous and channels_last tensors, copy the rest."""
+    if t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        return t
+    return t.contiguous()
+
+
+def _align(t, like):
+    """t in the same element order as `like` (the kernel indexes all its tensors by one linear index)."""
+    if not like.numel():
+        return _dense(t)
+    return t.contiguous(memory_format=_format_of(like))
+
+
+def _sum_to_bias(dx, dim):
+    """Reduce a gradient w.r.t. x + b to the gradient w.r.t. b."""
+    return dx.sum([i for i in range(dx.ndim) if i != dim])
+
+
+@functools.lru_cache(maxsize=None)
+def _bias_act_cuda(dim, act, alpha, gain, clamp):
+    """autograd.Function pair for one static configuration (first and second derivatives)."""
+    spec = activation_funcs[act]
+    need_y = spec.ref == 'y' or clamp >= 0   # the clamp mask is evaluated on the output
+    need_x = spec.ref == 'x'
+
+    def kernel(x, b, xref, yref, dy, grad):
+        plugin = _load_plugin(required=True)
+        return plugin.bias_act(x, b, xref, yref, dy, grad, dim, spec.cuda_idx, alpha, gain, clamp)
+
+    def grad_kernel(g, x, b, y, dy, order):
+        """Derivative kernel; brings g (and dy) into the element order of the saved x or y first."""
+        x = _dense(x) if x.numel() else x
+        like = x if x.numel() else y
+        g = _align(g, like)
+        dy = _align(dy, like) if dy.numel() else dy
+        return kernel(g, b.contiguous(), x, y, dy, order)
+
+    class BiasActCuda(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, b):
+            empty = x.new_empty([0])
+            y = kernel(_dense(x), b.contiguous(), empty, empty, empty, 0)
+            # Save the inputs themselves (not dense copies) so double backward reaches x and b.
+            ctx.save_for_backward(x if need_x else empty, b if need_x else empty, y if need_y else empty)
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, b, y = ctx.saved_tensors
+            dx = db = None
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                dx = BiasActCudaGrad.apply(dy, x, b, y)
+            if ctx.needs_input_grad[1]:
+                db = _sum_to_bias(dx, dim)
+            return dx, db
+
+    class BiasActCudaGrad(torch.autograd.Function):
+        """dx = dy * d(act(x+b)*gain)/dx, masked by the clamp; linear in dy."""
+
+        @staticmethod
+        def forward(ctx, dy, x, b, y):
+            ctx.save_for_backward(dy if spec.has_2nd_grad else dy.new_empty([0]), x, b, y)
+            return grad_kernel(dy, x, b, y, dy.new_empty([0]), 1)
+
+        @staticmethod
+        def backward(ctx, d_dx):
+            dy, x, b, y = ctx.saved_tensors
+            d_dy = d_x = d_b = d_y = None
+            if ctx.needs_input_grad[0]:
+                d_dy = BiasActCudaGrad.apply(d_dx, x, b, y)
+            if spec.has_2nd_grad and any(ctx.needs_input_grad[1:]):
+                # d_dx * dy * (second derivative w.r.t. the reference tensor), masked by the clamp.
+                # Not differentiable again: third derivatives are unsupported (as upstream).
+                d2 = grad_kernel(d_dx, x, b, y, dy, 2)
+                if spec.ref == 'x':
+                    d_x = d2 if ctx.needs_input_grad[1] else None
+                    d_b = _sum_to_bias(d2, dim) if ctx.needs_input_grad[2] and b.numel() else None
+                else:
+                    d_y = d2 if ctx.needs_input_grad[3] else None
+            return d_dy, d_x, d_b, d_y
+
+    return BiasActCuda
+
