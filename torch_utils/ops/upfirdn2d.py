@@ -207,6 +207,9 @@ def _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain):
     x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
 
     # 3. FIR. conv2d correlates, so flip the taps to get a true convolution.
+    # Scale in float64 for float64 inputs (so the reference is exact there), else in float32 like the
+    # kernel; scaling a half filter would round the taps twice.
+    f = f.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
