@@ -1,0 +1,1 @@
+"""Study tooling: the learning-rate study grid (`scripts.study_grid`) and its report (`scripts.report`)."""

@@ -1,0 +1,305 @@
+"""The learning-rate study grid: 10 datasets x 8 schedules = 80 transfer-learning runs.
+
+This module is the single source of truth for the study's runs. `scripts/run_grid.sh` (sequential)
+and `scripts/slurm_grid.sh` (Slurm job array) ask it for their command lines, and `scripts/report.py`
+uses its dataset/schedule tables and metric-file reader.
+
+The study (Sugiura & Nakamura, paper-ddclr-ja.txt) fine-tunes the FFHQ-pretrained StyleGAN2 at
+512x512 on CelebAMask-HQ1..5 (1000 real faces each) and Mix-dataset1..5 (the same sets with 200 faces
+replaced by Stable Diffusion images), for 100 kimg with each of the 8 learning-rate settings of its
+Table 1, and measures FID (50k generated images) against the real set CelebAMask-HQk at 40, 60, 80 and
+100 kimg (sections 2.1-2.5, Table 2).
+
+Training settings and where they come from:
+    --resume ffhq512          paper 2.2: FFHQ-pretrained StyleGAN2, 512x512 data (2.1)
+    --kimg 100                paper 2.5.1: train until 100 kimg
+    --snap-kimg 40,60,80,100  paper 2.5.3: FID at 40, 60, 80, 100 kimg
+    --metrics fid50k_full     paper 2.5.1: FID from 50k generated images against a fixed real set
+    --metric-data             paper Table 2: Mix-datasetk is compared with CelebAMask-HQk
+    --lr-schedule             paper Table 1 (presets in schedulers.PRESETS; 12 cycles, paper 2.4)
+    --cfg paper512            the paper's fixed lr 0.0025 is paper512's lr (cfg stylegan2 uses 0.002),
+                              and paper512 builds the same architecture as the ffhq512 pickle
+                              (8 mapping layers, channel_base 32768), so every tensor transfers.
+The paper is silent on these; the grid uses upstream's values, written out so the command is complete:
+    --batch 64 --gamma 0.5    paper512's batch size and R1 gamma
+    --batch-gpu 8             paper512's per-GPU batch (64 // 8 reference GPUs): an explicit --batch
+                              would otherwise put all 64 images on each GPU (batch // gpus), several
+                              times upstream's memory; with fewer than 8 GPUs gradients accumulate
+    --mirror 0                upstream default (no x-flips)
+    --aug ada                 upstream default (ADA, target 0.6, pipe bgc)
+    seed                      upstream default 0 (train.py's --seed is left at its default)
+Paper 2.5.3 says the runs were done "in numbered order, consecutively"; we read that as the order of
+execution, each run starting from the FFHQ weights (Table 2 lists each dataset with its own FID set).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+import sys
+
+import click
+
+# ----------------------------------------------------------------------------
+# The grid (paper Tables 1 and 2).
+
+REAL_PREFIX = 'CelebAMask-HQ'
+MIX_PREFIX = 'Mix-dataset'
+NUM_PER_GROUP = 5
+
+# group name -> its datasets, in the paper's column order.
+GROUPS = {
+    REAL_PREFIX: tuple(f'{REAL_PREFIX}{k}' for k in range(1, NUM_PER_GROUP + 1)),
+    MIX_PREFIX: tuple(f'{MIX_PREFIX}{k}' for k in range(1, NUM_PER_GROUP + 1)),
+}
+DATASETS = GROUPS[REAL_PREFIX] + GROUPS[MIX_PREFIX]
+
+# (preset name in schedulers.PRESETS, the paper's row label), in the paper's row order.
+SCHEDULES = (
+    ('fixed', 'Fixed'),
+    ('clr',   'CLR'),
+    ('ddclr', 'DDCLR'),
+    ('dclr1', 'DCLR(1)'),
+    ('dclr2', 'DCLR(2)'),
+    ('dclr3', 'DCLR(3)'),
+    ('exp1',  'ExpLR(1)'),
+    ('exp2',  'ExpLR(2)'),
+)
+PRESET_NAMES = tuple(name for name, _ in SCHEDULES)
+PAPER_LABELS = dict(SCHEDULES)
+
+TOTAL_KIMG = 100
+SNAP_KIMG = (40, 60, 80, 100)
+METRIC = 'fid50k_full'
+
+# Options shared by every run (see the module docstring for their sources).
+COMMON_TRAIN_ARGS = (
+    ('--cfg', 'paper512'),
+    ('--batch', '64'),
+    ('--batch-gpu', '8'),
+    ('--gamma', '0.5'),
+    ('--mirror', '0'),
+    ('--aug', 'ada'),
+    ('--resume', 'ffhq512'),
+    ('--kimg', str(TOTAL_KIMG)),
+    ('--snap-kimg', ','.join(str(k) for k in SNAP_KIMG)),
+    ('--metrics', METRIC),
+)
+
+
+def group_of(dataset):
+    """Name of the group ('CelebAMask-HQ' or 'Mix-dataset') a dataset belongs to, or None."""
+    for group, names in GROUPS.items():
+        if dataset in names:
+            return group
+    return None
+
+
+def real_set_for(dataset):
+    """The real set FID is measured against: CelebAMask-HQk for both CelebAMask-HQk and Mix-datasetk (Table 2)."""
+    if group_of(dataset) is None:
+        raise ValueError(f'{dataset!r} is not one of the study datasets')
+    k = re.search(r'(\d+)$', dataset).group(1)
+    return f'{REAL_PREFIX}{k}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One cell of the grid: a training set and a learning-rate preset."""
+    index: int       # position in grid(), also the Slurm array task id
+    dataset: str     # e.g. 'Mix-dataset3'
+    schedule: str    # preset name, e.g. 'ddclr'
+
+    @property
+    def label(self):
+        return f'{self.dataset}/{self.schedule}'
+
+    @property
+    def real_set(self):
+        return real_set_for(self.dataset)
+
+    def outdir(self, runs_dir):
+        """train.py --outdir: one directory per (dataset, schedule), so re-running the command continues it."""
+        return os.path.join(runs_dir, self.dataset, self.schedule)
+
+    def command(self, data_dir, runs_dir, gpus=1, python='python', extra=()):
+        """The train.py argument list for this run.
+
+        Args:
+            data_dir: Directory holding <dataset>.zip for all 10 datasets.
+            runs_dir: Root of the study's run directories.
+            gpus:     --gpus for train.py.
+            python:   Interpreter to put in front of train.py.
+            extra:    Further train.py arguments appended verbatim.
+
+        Returns:
+            List of strings (join with shlex.join for a shell line).
+        """
+        args = [python, 'train.py',
+                f'--outdir={self.outdir(runs_dir)}',
+                f'--data={os.path.join(data_dir, self.dataset + ".zip")}',
+                f'--metric-data={os.path.join(data_dir, self.real_set + ".zip")}',
+                f'--lr-schedule={self.schedule}',
+                f'--gpus={gpus}']
+        args += [f'{flag}={value}' for flag, value in COMMON_TRAIN_ARGS]
+        return args + list(extra)
+
+
+def grid():
+    """All 80 runs, dataset-major in the paper's order (index = dataset_idx * 8 + schedule_idx)."""
+    return [Run(index=d * len(PRESET_NAMES) + s, dataset=dataset, schedule=schedule)
+            for d, dataset in enumerate(DATASETS)
+            for s, schedule in enumerate(PRESET_NAMES)]
+
+
+def select(runs, only=None, index=None):
+    """Filter runs by a regex searched in '<dataset>/<preset>' and/or by grid index."""
+    if only is not None:
+        pattern = re.compile(only)
+        runs = [r for r in runs if pattern.search(r.label)]
+    if index is not None:
+        runs = [r for r in runs if r.index == index]
+    return runs
+
+# ----------------------------------------------------------------------------
+# Reading what runs have written (shared with scripts.report).
+
+
+def find_run_dirs(root):
+    """Every directory under `root` (recursively, root included) that holds a training_options.json, sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if 'training_options.json' in filenames:
+            found.append(dirpath)
+    return sorted(found)
+
+
+def _line_kimg(record):
+    """kimg of one metric record: its `kimg` field, else the number in its snapshot name."""
+    kimg = record.get('kimg')
+    if kimg is None:
+        m = re.search(r'(\d+)\.pkl$', str(record.get('snapshot_pkl', '')))
+        if m is None:
+            return None
+        return int(m.group(1))
+    # Snapshots are named by cur_nimg // 1000, so a point a few images past 40 kimg is "40".
+    return int(math.floor(float(kimg) + 1e-6))
+
+
+def read_metric_points(run_dir, metric=METRIC, result_key=None):
+    """Metric values of one run dir by kimg, from metric-<metric>.jsonl.
+
+    A resumed run may have evaluated the same kimg twice; the last line wins. Lines that are not valid
+    JSON (a crash mid-append) or lack the value are skipped.
+
+    Args:
+        run_dir:    A run directory.
+        metric:     Metric name (file metric-<metric>.jsonl).
+        result_key: Key inside `results`; default: the metric name.
+
+    Returns:
+        dict kimg (int) -> float, empty when the file does not exist.
+    """
+    path = os.path.join(run_dir, f'metric-{metric}.jsonl')
+    points = {}
+    if not os.path.isfile(path):
+        return points
+    key = result_key or metric
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                value = float(record['results'][key])
+            except (ValueError, KeyError, TypeError):
+                continue
+            kimg = _line_kimg(record)
+            if kimg is not None:
+                points[kimg] = value
+    return points
+
+
+def best_points(outdir, metric=METRIC):
+    """Points of the most complete run dir under `outdir` (ties: the later directory); {} if none."""
+    best = {}
+    for run_dir in find_run_dirs(outdir) if os.path.isdir(outdir) else []:
+        points = read_metric_points(run_dir, metric)
+        if len(points) >= len(best):
+            best = points
+    return best
+
+
+def run_status(run, runs_dir, metric=METRIC):
+    """'finished' when a run dir of this cell has every SNAP_KIMG point, 'partial k/4' or 'not started'."""
+    outdir = run.outdir(runs_dir)
+    points = best_points(outdir, metric)
+    have = sum(k in points for k in SNAP_KIMG)
+    if have == len(SNAP_KIMG):
+        return 'finished'
+    started = have > 0 or (os.path.isdir(outdir) and bool(find_run_dirs(outdir)))
+    return f'partial {have}/{len(SNAP_KIMG)}' if started else 'not started'
+
+# ----------------------------------------------------------------------------
+# Command line (used by run_grid.sh and slurm_grid.sh).
+
+
+def _selected(only, index):
+    runs = select(grid(), only=only, index=index)
+    if not runs:
+        raise click.ClickException(f'--only {only!r} / --index {index!r} matches none of the {len(grid())} runs')
+    return runs
+
+
+_only_opt = click.option('--only', metavar='REGEX', help='Keep runs whose "<dataset>/<preset>" matches REGEX.')
+_index_opt = click.option('--index', type=click.IntRange(0, len(DATASETS) * len(PRESET_NAMES) - 1),
+                          help='Keep only the run with this grid index (Slurm array task id).')
+
+
+@click.group()
+def cli():
+    """The 80-run learning-rate study grid (10 datasets x 8 schedules)."""
+
+
+@cli.command('commands')
+@click.argument('data_dir')
+@click.argument('runs_dir')
+@click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='--gpus for train.py.')
+@_only_opt
+@_index_opt
+@click.option('--pending', is_flag=True, help='Print finished runs as "# finished: ..." comments instead of commands.')
+@click.option('--python', 'python', default='python', show_default=True, help='Interpreter in the commands.')
+@click.argument('extra', nargs=-1, type=click.UNPROCESSED)
+def commands_cmd(data_dir, runs_dir, gpus, only, index, pending, python, extra):
+    """Print one train.py command line per run (after `--`, EXTRA arguments are appended to each)."""
+    for run in _selected(only, index):
+        if pending and run_status(run, runs_dir) == 'finished':
+            click.echo(f'# finished: {run.label} ({run.outdir(runs_dir)})')
+            continue
+        click.echo(shlex.join(run.command(data_dir, runs_dir, gpus=gpus, python=python, extra=extra)))
+
+
+@cli.command('indices')
+@_only_opt
+@click.option('--pending-in', 'runs_dir', metavar='RUNS_DIR', help='Leave out runs already finished in RUNS_DIR.')
+def indices_cmd(only, runs_dir):
+    """Print the selected grid indices comma-separated (for sbatch --array); empty when none is left."""
+    runs = _selected(only, None)
+    if runs_dir is not None:
+        runs = [r for r in runs if run_status(r, runs_dir) != 'finished']
+    click.echo(','.join(str(run.index) for run in runs))
+
+
+@cli.command('list')
+@click.argument('runs_dir', required=False)
+@_only_opt
+def list_cmd(runs_dir, only):
+    """Print index, dataset, preset, FID real set (and status when RUNS_DIR is given)."""
+    for run in _selected(only, None):
+        status = f'  {run_status(run, runs_dir)}' if runs_dir else ''
+        click.echo(f'{run.index:2d}  {run.dataset:<15} {run.schedule:<6} {run.real_set}{status}')
+
+
+if __name__ == '__main__':
+    cli(prog_name=f'{os.path.basename(sys.executable)} -m scripts.study_grid')
