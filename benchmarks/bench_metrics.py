@@ -1,0 +1,122 @@
+"""Throughput of the metric pipeline: generation, feature extraction, and one whole metric.
+
+Prints images/second for
+  - generation + uint8 quantisation with our batching (whole detector batch per G call) against the
+    upstream baseline of 4 images per G call, measured in the same run (the ratio is the speed-up);
+  - detector feature extraction (resize to 299 + Inception) on uint8 images;
+and the total time of one metric (default fid50k_full) at the given resolution and --num-gen,
+against a synthetic real set of --num-real random images (real statistics included, cache off).
+
+Examples:
+    python benchmarks/bench_metrics.py --device cuda --resolution 256 --num-gen 5000
+    python benchmarks/bench_metrics.py --device cpu --resolution 32 --num-gen 64 --num-real 64 --cbase 2048
+"""
+
+import os
+import sys
+import tempfile
+import time
+import zipfile
+
+import click
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from metrics import metric_main, metric_utils  # noqa: E402
+from metrics.detector import resolve_detector  # noqa: E402
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _rate(fn, n_images, device, repeats):
+    fn()  # warm-up (cudnn autotune, lazy init)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return n_images * repeats / (time.perf_counter() - start)
+
+
+def _make_generator(network, resolution, cbase, device):
+    if network:
+        from patches.network_pickle import load_network_pkl
+        return load_network_pkl(network)['G_ema'].eval().requires_grad_(False).to(device)
+    from training.networks import Generator
+    G = Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=resolution, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(channel_base=cbase, channel_max=512, num_fp16_res=4, conv_clamp=256))
+    return G.eval().requires_grad_(False).to(device)
+
+
+def _make_real_zip(path, n, resolution):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, 'w') as z:
+        for i in range(n):
+            img = rng.integers(0, 256, size=(resolution, resolution, 3), dtype=np.uint8)
+            with z.open(f'{i:06d}.png', 'w') as f:
+                Image.fromarray(img).save(f, format='PNG')
+
+
+@click.command()
+@click.option('--network', help='Snapshot pickle to time instead of a fresh Generator')
+@click.option('--resolution', type=int, default=256, show_default=True)
+@click.option('--cbase', type=int, default=16384, show_default=True, help='Generator channel_base (fresh G)')
+@click.option('--num-gen', type=int, default=5000, show_default=True)
+@click.option('--num-real', type=int, default=1000, show_default=True)
+@click.option('--batch', type=int, default=64, show_default=True)
+@click.option('--metric', default='fid50k_full', show_default=True)
+@click.option('--detector', default='auto', show_default=True)
+@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
+@click.option('--repeats', type=int, default=3, show_default=True)
+def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector, device, repeats):
+    """Benchmark the metric pipeline."""
+    device = torch.device('cuda' if device == 'auto' and torch.cuda.is_available() else
+                          'cpu' if device == 'auto' else device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    G = _make_generator(network, resolution, cbase, device)
+    resolution = G.img_resolution
+    det = resolve_detector(detector, device=device)
+    print(f'device {device}; detector {det.name} sha256 {det.sha256[:16]}...; resolution {resolution}; batch {batch}')
+
+    # Generation: our batching vs upstream's 4 images per G call.
+    def generate(batch_gen):
+        def run():
+            with torch.no_grad():
+                for _ in range(batch // batch_gen):
+                    z = torch.randn([batch_gen, G.z_dim], device=device)
+                    metric_utils.quantize_images(G(z, torch.zeros([batch_gen, G.c_dim], device=device)))
+        return run
+    ours = _rate(generate(batch), batch, device, repeats)
+    base = _rate(generate(min(4, batch)), batch, device, repeats)
+    print(f'generation      {ours:9.1f} img/s (batch_gen={batch})   baseline {base:9.1f} img/s (batch_gen=4)'
+          f'   ratio {ours / base:5.2f}x')
+
+    # Feature extraction.
+    images = torch.randint(0, 256, (batch, 3, resolution, resolution), dtype=torch.uint8, device=device)
+    feats = _rate(lambda: det.features(images), batch, device, repeats)
+    print(f'features        {feats:9.1f} img/s')
+
+    # One whole metric (cache off so the real statistics are timed too).
+    with tempfile.TemporaryDirectory() as tmp:
+        zip_path = os.path.join(tmp, 'reals.zip')
+        _make_real_zip(zip_path, num_real, resolution)
+        kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=zip_path, resolution=resolution)
+        start = time.perf_counter()
+        res = metric_main.calc_metric(metric, G, kwargs, device=device, detector=det, num_gen=num_gen,
+                                      cache=False, progress=True)
+        elapsed = time.perf_counter() - start
+    print(f'{metric:15s} {elapsed:9.1f} s total ({num_real} reals + {num_gen} fakes): {dict(res.results)}')
+    print(f'                {(num_real + num_gen) / elapsed:9.1f} img/s overall')
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter

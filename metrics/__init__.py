@@ -1,0 +1,1 @@
+"""Evaluation metrics (FID, KID, precision/recall, IS), their detectors, and the calc_metric API."""
