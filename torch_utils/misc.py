@@ -1,0 +1,257 @@
+"""Small torch helpers shared by the networks, the loss and the training loop.
+
+Shape contracts (`assert_shape`), a cache of constant tensors, parameter/buffer iteration and
+copying by name, DDP helpers, and a one-table module summary. Only public torch APIs are used.
+"""
+
+import contextlib
+import re
+import warnings
+
+import numpy as np
+import torch
+
+# ----------------------------------------------------------------------------
+# Constant tensors, cached: layers ask for the same small constant (e.g. a bias of zeros, a
+# filter) on every call; building it once per (value, shape, dtype, device) avoids a host->device
+# copy per forward pass.
+
+_constant_cache = dict()
+
+
+def constant(value, shape=None, dtype=None, device=None, memory_format=None):
+    """A cached tensor holding `value` (optionally broadcast to `shape`).
+
+    Args:
+        value: Python number, list, numpy array or tensor.
+        shape: Optional shape to broadcast the value to.
+        dtype: torch dtype (default: torch's default dtype).
+        device: torch device (default: cpu).
+        memory_format: torch memory format (default: contiguous).
+
+    Returns:
+        A tensor that must not be modified in place (it is shared between callers).
+    """
+    value = np.asarray(value)
+    if shape is not None:
+        shape = tuple(shape)
+    if dtype is None:
+        dtype = torch.get_default_dtype()
+    if device is None:
+        device = torch.device('cpu')
+    if memory_format is None:
+        memory_format = torch.contiguous_format
+    key = (value.shape, value.dtype, value.tobytes(), shape, dtype, str(device), memory_format)
+    tensor = _constant_cache.get(key)
+    if tensor is None:
+        tensor = torch.as_tensor(value.copy(), dtype=dtype, device=device)
+        if shape is not None:
+            tensor, _ = torch.broadcast_tensors(tensor, torch.empty(shape))
+        tensor = tensor.contiguous(memory_format=memory_format)
+        _constant_cache[key] = tensor
+    return tensor
+
+
+# ----------------------------------------------------------------------------
+# Shape contracts.
+
+
+def assert_shape(tensor, ref_shape):
+    """Raise AssertionError unless `tensor` has len(ref_shape) dims matching every non-None entry.
+
+    Args:
+        tensor: The tensor to check.
+        ref_shape: Sequence of ints or None (None = any size).
+    """
+    if tensor.ndim != len(ref_shape):
+        raise AssertionError(f'Wrong number of dimensions: got {tensor.ndim} {list(tensor.shape)}, '
+                             f'expected {len(ref_shape)} {list(ref_shape)}')
+    for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape)):
+        if ref_size is None:
+            continue
+        if isinstance(size, torch.Tensor) or isinstance(ref_size, torch.Tensor):
+            # Under tracing sizes are tensors: comparing them would bake the value into the graph.
+            continue
+        if int(size) != int(ref_size):
+            raise AssertionError(f'Wrong size for dimension {idx}: got {list(tensor.shape)}, '
+                                 f'expected {list(ref_shape)}')
+
+
+@contextlib.contextmanager
+def suppress_tracer_warnings():
+    """Silence torch.jit.TracerWarning inside the block (e.g. Python ints taken from shapes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', category=torch.jit.TracerWarning)
+        yield
+
+
+# ----------------------------------------------------------------------------
+# Parameters and buffers.
+
+
+def params_and_buffers(module):
+    """List of every parameter, then every buffer, of `module` (recursively)."""
+    assert isinstance(module, torch.nn.Module)
+    return list(module.parameters()) + list(module.buffers())
+
+
+def named_params_and_buffers(module):
+    """List of (name, tensor): every named parameter, then every named buffer (recursively)."""
+    assert isinstance(module, torch.nn.Module)
+    return list(module.named_parameters()) + list(module.named_buffers())
+
+
+def copy_params_and_buffers(src_module, dst_module, require_all=False):
+    """Copy tensors by name from `src_module` into `dst_module` (in place, no autograd).
+
+    Args:
+        src_module: Module to read from.
+        dst_module: Module to write into.
+        require_all: If True, every tensor of dst_module must exist in src_module.
+
+    Raises:
+        KeyError naming the tensor when require_all and a name is missing; ValueError naming the
+        tensor when the shapes differ.
+    """
+    assert isinstance(src_module, torch.nn.Module)
+    assert isinstance(dst_module, torch.nn.Module)
+    src_tensors = dict(named_params_and_buffers(src_module))
+    with torch.no_grad():
+        for name, tensor in named_params_and_buffers(dst_module):
+            if name not in src_tensors:
+                if require_all:
+                    raise KeyError(f'{name}: missing from the source module')
+                continue
+            src = src_tensors[name]
+            if tuple(src.shape) != tuple(tensor.shape):
+                raise ValueError(f'{name}: source shape {list(src.shape)} != destination shape {list(tensor.shape)}')
+            tensor.copy_(src.detach())
+
+
+# ----------------------------------------------------------------------------
+# Distributed helpers.
+
+
+@contextlib.contextmanager
+def ddp_sync(module, sync):
+    """Skip DDP's gradient all-reduce inside the block when `sync` is False (gradient accumulation).
+
+    A module that is not DistributedDataParallel is left alone.
+    """
+    assert isinstance(module, torch.nn.Module)
+    if sync or not isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        yield
+    else:
+        with module.no_sync():
+            yield
+
+
+def check_ddp_consistency(module, ignore_regex=None):
+    """Assert every parameter/buffer equals rank 0's copy (NaNs compared as equal).
+
+    Args:
+        module: The module to check (call on every rank).
+        ignore_regex: Names matching this regex are skipped (e.g. r'.*\\.w_avg').
+    """
+    assert isinstance(module, torch.nn.Module)
+    for name, tensor in named_params_and_buffers(module):
+        fullname = type(module).__name__ + '.' + name
+        if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
+            continue
+        tensor = tensor.detach()
+        if tensor.is_floating_point():
+            tensor = torch.nan_to_num(tensor)
+        other = tensor.clone()
+        torch.distributed.broadcast(tensor=other, src=0)
+        if not (tensor == other).all():
+            raise AssertionError(f'{fullname} differs between ranks')
+
+
+# ----------------------------------------------------------------------------
+# Module summary.
+
+
+def _format_table(rows):
+    widths = [max(len(str(cell)) for cell in column) for column in zip(*rows)]
+    return '\n'.join('  '.join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
+    """Run `module(*inputs)` once and print a table of submodules, their sizes and output shapes.
+
+    Args:
+        module: The module (its forward pass runs once, so e.g. w_avg may update in train mode).
+        inputs: List/tuple of positional inputs.
+        max_nesting: Deepest submodule level to list.
+        skip_redundant: Hide submodules that own no tensors and whose output repeats their parent's.
+
+    Returns:
+        The module's outputs.
+    """
+    assert isinstance(module, torch.nn.Module)
+    assert not isinstance(module, torch.jit.ScriptModule)
+    assert isinstance(inputs, (tuple, list))
+
+    entries = []   # (submodule, [output tensors]) in the order their forward passes finished
+    depth = [0]
+
+    def pre_hook(_mod, _inputs):
+        depth[0] += 1
+
+    def post_hook(mod, _inputs, outputs):
+        depth[0] -= 1
+        if depth[0] <= max_nesting:
+            outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+            entries.append((mod, [t for t in outputs if isinstance(t, torch.Tensor)]))
+
+    hooks = [mod.register_forward_pre_hook(pre_hook) for mod in module.modules()]
+    hooks += [mod.register_forward_hook(post_hook) for mod in module.modules()]
+    try:
+        outputs = module(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    # Count every tensor once, at the first (innermost) entry that owns it.
+    seen = set()
+    names = {mod: name for name, mod in module.named_modules()}
+    rows = [[type(module).__name__, 'Parameters', 'Buffers', 'Output shape', 'Datatype'],
+            ['---'] * 5]
+    total_params = total_buffers = 0
+    for mod, outs in entries:
+        params = [t for t in mod.parameters() if id(t) not in seen]
+        buffers = [t for t in mod.buffers() if id(t) not in seen]
+        seen.update(id(t) for t in params + buffers)
+        if skip_redundant and mod is not module and not params and not buffers and not outs:
+            continue
+        num_params = sum(t.numel() for t in params)
+        num_buffers = sum(t.numel() for t in buffers)
+        total_params += num_params
+        total_buffers += num_buffers
+        label = names.get(mod, '?') or '<top-level>'
+        shapes = [str(list(t.shape)) for t in outs] or ['-']
+        dtypes = [str(t.dtype).split('.')[-1] for t in outs] or ['-']
+        for idx, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+            if idx == 0:
+                rows.append([label, num_params or '-', num_buffers or '-', shape, dtype])
+            else:
+                rows.append([label + f':{idx}', '', '', shape, dtype])
+    rows += [['---'] * 5, ['Total', total_params, total_buffers, '', '']]
+    print(_format_table(rows))
+    print()
+    return outputs
+
+
+# ----------------------------------------------------------------------------
+# Profiling labels: record_function ranges make the layers show up by name in torch.profiler.
+
+
+def profiled_function(fn):
+    """Decorator: run `fn` inside torch.autograd.profiler.record_function(fn.__name__)."""
+    def decorator(*args, **kwargs):
+        with torch.autograd.profiler.record_function(fn.__name__):
+            return fn(*args, **kwargs)
+    decorator.__name__ = fn.__name__
+    decorator.__doc__ = fn.__doc__
+    return decorator

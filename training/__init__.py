@@ -1,0 +1,1 @@
+"""Project code: networks, loss, augmentation, dataset, training loop."""
