@@ -302,4 +302,4 @@ def list_cmd(runs_dir, only):
 
 
 if __name__ == '__main__':
-    cli(prog_name=f'{os.path.basename(sys.executable)} -m scripts.study_grid')
+    cli(prog_name='python -m scripts.study_grid')
