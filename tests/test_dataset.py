@@ -1,5 +1,6 @@
 """training.dataset: the reader used by training and the metrics (upstream-facts 10.1/10.3)."""
 
+import io
 import json
 import os
 import pickle
@@ -205,3 +206,28 @@ def test_content_hash_cached_per_instance(folder):
     h = ds.content_hash()
     os.remove(os.path.join(root, 'a', 'img00.png'))
     assert ds.content_hash() == h  # no re-read: computed once
+
+
+def test_zip_reads_are_correct_in_forked_dataloader_workers(tmp_path):
+    """The parent's open zip handle must not be shared by forked workers (shared offset -> bad CRC)."""
+    import multiprocessing
+
+    import torch
+    from PIL import Image
+
+    path = tmp_path / 'set.zip'
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, 'w') as zf:
+        for i in range(24):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, format='PNG')
+            zf.writestr(f'{i:05d}.png', buf.getvalue())
+    from training.dataset import ImageFolderDataset
+    ds = ImageFolderDataset(str(path))
+    expected = [ds[i][0] for i in range(len(ds))]  # opens the zip in the parent first
+    if 'fork' not in multiprocessing.get_all_start_methods():
+        pytest.skip('fork start method not available')
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2,
+                                         multiprocessing_context='fork')
+    got = [img[0].numpy() for img, _ in loader]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got)) and len(got) == len(expected)

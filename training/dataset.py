@@ -199,6 +199,7 @@ class ImageFolderDataset(Dataset):
         """
         self._path = os.fspath(path)
         self._zipfile = None
+        self._zipfile_pid = None
         self._content_hash = None
 
         if os.path.isdir(self._path):
@@ -241,8 +242,11 @@ class ImageFolderDataset(Dataset):
 
     def _get_zipfile(self):
         assert self._type == 'zip'
-        if self._zipfile is None:
+        # A forked DataLoader worker inherits the parent's open handle, and with it the shared file
+        # offset: concurrent reads then corrupt each other ("Bad CRC-32"). Reopen once per process.
+        if self._zipfile is None or self._zipfile_pid != os.getpid():
             self._zipfile = zipfile.ZipFile(self._path)
+            self._zipfile_pid = os.getpid()
         return self._zipfile
 
     def _open_file(self, fname):
