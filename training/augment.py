@@ -5,9 +5,9 @@ and appendix B. Every image the discriminator sees goes through `AugmentPipe`; e
 applied to each sample independently with probability (its multiplier) * p, and p is steered by
 `ada_adjust` from the sign of D's outputs on reals (fact sheet 3.5, 7).
 
-The pipeline is written in plain, twice-differentiable PyTorch (grid_sample's native double
-backward, reflect padding, grouped convolutions), so R1 can be taken through it (fact sheet 6,
-section 11: upstream needed a private aten op for this and broke on newer PyTorch).
+The pipeline is written in plain, twice-differentiable PyTorch (torch_utils.ops.grid_sample, reflect
+padding, grouped convolutions), so R1 can be taken through it (fact sheet 6, section 11: upstream
+needed a private aten op for this and broke on newer PyTorch).
 """
 
 import math
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from torch_utils import misc
 from torch_utils import persistence
-from torch_utils.ops import upfirdn2d
+from torch_utils.ops import grid_sample, upfirdn2d
 
 # ---------------------------------------------------------------------------------------------
 # Wavelet low-pass (decomposition) filters: published constants (Daubechies' least-asymmetric
@@ -460,9 +460,9 @@ class AugmentPipe(torch.nn.Module):
         lag_in, lag_out = _translate2d(lag, lag, 1, dev), _translate2d(-lag, -lag, 1, dev)
         theta = (pix_to_in @ pad_shift @ lag_in @ G_inv @ lag_out @ out_to_pix)[:, :2, :]
         grid = F.affine_grid(theta.to(x.dtype), [N, C, Hc, Wc], align_corners=False)
-        # Native grid_sample: its double backward w.r.t. the input works on current PyTorch, which
-        # R1 through the pipe needs (tests/test_augment.py checks it).
-        x = F.grid_sample(x, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
+        # R1 through the pipe differentiates this twice w.r.t. x; grid_sample uses torch's kernel
+        # where that works on this device and an indexing-op reference where it does not.
+        x = grid_sample.grid_sample(x, grid)
 
         # Flipped filter on the way down cancels the phase of the (nearly symmetric) sym6.
         return upfirdn2d.downsample2d(x=x, f=self.Hz_geom, down=2, padding=-border * 2, flip_filter=True)
