@@ -172,6 +172,10 @@ def test_cuda_first_and_second_grads_match_ref(act, dtype, clamp, dim):
                      ggdy.double()]
     keep = torch.ones_like(out['ref'][0], dtype=torch.bool) if clamp is None else \
         _keep_away_from_clamp(out['ref'][0], clamp)
+    # Inputs that round across the relu/lrelu kink in fp16 take the other branch's slope: skip the kink.
+    shape = [1] * x0.ndim
+    shape[dim] = -1
+    keep &= ((x0 + b0.reshape(shape)).double().abs() > 1e-2)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(out['cuda'][1][keep], out['ref'][1][keep], **tol)
     torch.testing.assert_close(out['cuda'][3][keep], out['ref'][3][keep], **tol)
