@@ -1,16 +1,17 @@
 """Tables and figures of the learning-rate study from a directory of finished (or running) runs.
 
-    python -m scripts.report RUNS_DIR --out DIR [--metric fid50k_full] [--no-plots]
+    python -m scripts.report RUNS_DIR --out DIR [--metric fid50k_full] [--points 40,60,80,100] [--no-plots]
 
 Finds every run dir under RUNS_DIR (a directory with training_options.json), identifies its dataset
 (basename of training_set_kwargs.path) and lr schedule (the preset recorded in training_options.json),
-reads metric-<metric>.jsonl, and writes into DIR:
+reads metric-<metric>.jsonl, and writes into DIR (with the default evaluation points 40,60,80,100;
+--points changes them, and the last point replaces 100 in the names):
 
     report.md                 all tables, run status and notes (Markdown)
     table3_fid100_CelebAMask-HQ.csv, table4_fid100_Mix-dataset.csv
-                              FID at 100 kimg (paper Tables 3 and 4)
+                              FID at the last point, 100 kimg (paper Tables 3 and 4)
     table5_fidmin_CelebAMask-HQ.csv, table6_fidmin_Mix-dataset.csv
-                              minimum FID over 40/60/80/100 kimg (paper Tables 5 and 6)
+                              minimum FID over all points (paper Tables 5 and 6)
     points.csv                every metric point: dataset, schedule, kimg, value, run dir
     summary.json              the same numbers, statuses and notes, machine-readable
     figure5_fid_Mix-dataset.png  FID against kimg on the Mix datasets for the five schedules of the
@@ -23,10 +24,17 @@ values with 3 decimals. Marking (paper section 3: bold = the best two of each co
 = the worst two; Markdown has no double underline, so <u>x</u>): **x** for the two lowest values of a
 column, <u>x</u> for the two highest, ranked on unrounded values (ties share a rank, so a tie can mark
 three cells). A column is marked only when it has at least 4 values. A run that does not exist shows
-'missing'; a run without the needed points shows 'partial k/4'. Neither enters a mean: the mean is
+'missing'; a run without the needed points shows 'partial k/n'. Neither enters a mean: the mean is
 then taken over the datasets present, printed with a '*', and left out of the mean column's marking.
+
+Generated-image count: a metric line evaluated with fewer images than 50,000 (train.py
+--metric-num-gen, calc_metrics.py --num-gen) carries `num_gen` and a relabelled key (fid256_full);
+such values are used, and the report says from how many images they are. Within one run only lines of
+one count are used (study_grid.choose_series: the count covering most points, ties to the larger);
+runs of different counts are flagged in the header and notes.
 """
 
+import collections
 import csv
 import io
 import json
@@ -107,15 +115,22 @@ def schedule_of(options, run_dir):
     return name, ('directory' if name else None)
 
 
-def collect_runs(runs_dir, metric=sg.METRIC):
+def collect_runs(runs_dir, metric=sg.METRIC, points=sg.SNAP_KIMG):
     """Read every run dir under runs_dir.
 
+    Args:
+        runs_dir: Directory searched recursively for run dirs.
+        metric:   Metric name (file metric-<metric>.jsonl).
+        points:   Evaluation kimg points (decide duplicates and which generated-image count is used).
+
     Returns:
-        (cells, notes): cells maps (dataset, preset) -> dict(run_dir, points, found_by); notes is a
-        dict of lists: 'unrecognised' (run dirs outside the grid) and 'duplicates' (cells with more
-        than one run dir: the one with the most points is used, ties go to the later directory).
+        (cells, notes): cells maps (dataset, preset) -> dict(run_dir, points, num_gen, found_by), where
+        num_gen is the generated-image count of the values used (None without values); notes is a dict
+        of lists: 'unrecognised' (run dirs outside the grid), 'duplicates' (cells with more than one
+        run dir: the one with the most evaluation points is used, ties go to the later directory) and
+        'mixed_counts' (runs whose lines differ in generated-image count: only one count is used).
     """
-    cells, notes = {}, {'unrecognised': [], 'duplicates': []}
+    cells, notes = {}, {'unrecognised': [], 'duplicates': [], 'mixed_counts': []}
     for run_dir in sg.find_run_dirs(runs_dir):
         try:
             with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
@@ -128,31 +143,58 @@ def collect_runs(runs_dir, metric=sg.METRIC):
         if dataset not in sg.DATASETS or preset is None:
             notes['unrecognised'].append(f'{run_dir}: dataset {dataset!r}, schedule {preset!r}')
             continue
-        record = dict(run_dir=run_dir, points=sg.read_metric_points(run_dir, metric), found_by=found_by)
+        series = sg.read_metric_series(run_dir, metric)
+        num_gen, found = sg.choose_series(series, points)
+        if len(series) > 1:
+            counts = ', '.join(f'{n:,} ({len(series[n])} points)' for n in sorted(series, reverse=True))
+            notes['mixed_counts'].append(f'{run_dir}: lines from {counts}; used only the {num_gen:,}-image lines')
+        record = dict(run_dir=run_dir, points=found, num_gen=num_gen, found_by=found_by)
         previous = cells.get((dataset, preset))
         if previous is not None:
             notes['duplicates'].append(f'{dataset}/{preset}: {previous["run_dir"]} and {run_dir}')
-            if len(record['points']) < len(previous['points']):
+            if _coverage(record, points) < _coverage(previous, points):
                 continue
         cells[(dataset, preset)] = record
     return cells, notes
+
+def _coverage(record, points):
+    """(evaluation points present, points overall) of a run record: which duplicate run dir to keep."""
+    return sum(k in record['points'] for k in points), len(record['points'])
+
+
+def parse_points(text):
+    """'40,60,80,100' -> (40, 60, 80, 100): sorted, distinct, non-negative integers (ValueError otherwise)."""
+    try:
+        values = [int(t) for t in text.split(',') if t.strip()]
+    except ValueError:
+        raise ValueError(f'expected comma-separated whole kimg numbers, got {text!r}') from None
+    if not values or min(values) < 0:
+        raise ValueError(f'expected one or more non-negative kimg numbers, got {text!r}')
+    return tuple(sorted(set(values)))
 
 # ----------------------------------------------------------------------------
 # Tables.
 
 
-def cell_value(record, kind):
-    """(value or None, status text) of one run for a table kind: 'fid100' or 'fidmin'."""
+def cell_value(record, kind, points=sg.SNAP_KIMG):
+    """(value or None, status text) of one run for a table kind.
+
+    Args:
+        record: collect_runs() cell record, or None for a missing run.
+        kind:   'last' (value at the last evaluation point; paper Tables 3/4) or 'min' (minimum over
+                all evaluation points, which must all be present; paper Tables 5/6).
+        points: Evaluation kimg points, sorted.
+    """
     if record is None:
         return None, 'missing'
-    points = record['points']
-    have = sum(k in points for k in sg.SNAP_KIMG)
-    partial = f'partial {have}/{len(sg.SNAP_KIMG)}'
-    if kind == 'fid100':
-        return (points[sg.TOTAL_KIMG], 'ok') if sg.TOTAL_KIMG in points else (None, partial)
-    if have < len(sg.SNAP_KIMG):
+    found = record['points']
+    have = sum(k in found for k in points)
+    partial = f'partial {have}/{len(points)}'
+    if kind == 'last':
+        return (found[points[-1]], 'ok') if points[-1] in found else (None, partial)
+    if have < len(points):
         return None, partial
-    return min(points[k] for k in sg.SNAP_KIMG), 'ok'
+    return min(found[k] for k in points), 'ok'
 
 
 def rank_marks(values):
@@ -176,8 +218,8 @@ def rank_marks(values):
     return marks
 
 
-def build_table(cells, group, kind):
-    """One paper table: rows = schedules, columns = the group's datasets + mean.
+def build_table(cells, group, kind, points=sg.SNAP_KIMG):
+    """One paper table: rows = schedules, columns = the group's datasets + mean (kind, points: see cell_value).
 
     Returns:
         dict(group, kind, columns, rows); each row is dict(preset, label, cells) and each cell is
@@ -189,7 +231,7 @@ def build_table(cells, group, kind):
     for preset in sg.PRESET_NAMES:
         row_cells = []
         for dataset in datasets:
-            value, status = cell_value(cells.get((dataset, preset)), kind)
+            value, status = cell_value(cells.get((dataset, preset)), kind, points)
             row_cells.append(dict(value=value, status=status, mark=None))
         present = [c['value'] for c in row_cells if c['value'] is not None]
         if not present:
@@ -209,15 +251,23 @@ def build_table(cells, group, kind):
 
 
 TABLES = (  # (paper table number, kind, group)
-    (3, 'fid100', sg.REAL_PREFIX),
-    (4, 'fid100', sg.MIX_PREFIX),
-    (5, 'fidmin', sg.REAL_PREFIX),
-    (6, 'fidmin', sg.MIX_PREFIX),
+    (3, 'last', sg.REAL_PREFIX),
+    (4, 'last', sg.MIX_PREFIX),
+    (5, 'min', sg.REAL_PREFIX),
+    (6, 'min', sg.MIX_PREFIX),
 )
-KIND_TITLES = {
-    'fid100': f'FID at {sg.TOTAL_KIMG} kimg',
-    'fidmin': 'minimum FID over ' + '/'.join(str(k) for k in sg.SNAP_KIMG) + ' kimg',
-}
+
+
+def kind_title(kind, points):
+    """Heading text of a table kind, naming its kimg: 'FID at 100 kimg', 'minimum FID over 40/60/80/100 kimg'."""
+    if kind == 'last':
+        return f'FID at {points[-1]} kimg'
+    return 'minimum FID over ' + '/'.join(str(k) for k in points) + ' kimg'
+
+
+def table_name(number, kind, group, points):
+    """File/summary name: table3_fid100_CelebAMask-HQ (the last point's kimg in it), table5_fidmin_..."""
+    return f'table{number}_fid{points[-1] if kind == "last" else "min"}_{group}'
 
 
 def cell_text(cell, markdown=True):
@@ -232,9 +282,16 @@ def cell_text(cell, markdown=True):
     return text
 
 
-def table_markdown(table, number, metric):
-    """The table as Markdown, with a heading and its notes."""
-    title = f'Table {number}: {KIND_TITLES[table["kind"]]}, {table["group"]} ({metric}, lower is better)'
+def table_markdown(table, number, metric, points=sg.SNAP_KIMG, count_text=''):
+    """The table as Markdown, with a heading and its notes.
+
+    Args:
+        table, number, metric: build_table() output, paper table number, metric name.
+        points:     Evaluation kimg points (named in the heading).
+        count_text: Generated-image count to state in the heading ('' for the standard 50,000).
+    """
+    count = f', {count_text}' if count_text else ''
+    title = f'Table {number}: {kind_title(table["kind"], points)}, {table["group"]} ({metric}{count}, lower is better)'
     lines = [f'### {title}', '',
              '| schedule | ' + ' | '.join(table['columns']) + ' |',
              '|---|' + '---:|' * len(table['columns'])]
@@ -246,7 +303,7 @@ def table_markdown(table, number, metric):
 
 
 def table_csv(table):
-    """The table as CSV: full-precision values, 'missing'/'partial k/4' text for absent ones, no marks."""
+    """The table as CSV: full-precision values, 'missing'/'partial k/n' text for absent ones, no marks."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator='\n')
     writer.writerow(['schedule', 'preset'] + table['columns'])
@@ -257,15 +314,16 @@ def table_csv(table):
 
 
 def points_csv(cells):
+    """Every metric point as CSV, with the run dir and the generated-image count it was computed from."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator='\n')
-    writer.writerow(['dataset', 'group', 'preset', 'schedule', 'kimg', 'value', 'run_dir'])
+    writer.writerow(['dataset', 'group', 'preset', 'schedule', 'kimg', 'value', 'run_dir', 'num_gen'])
     for dataset in sg.DATASETS:
         for preset in sg.PRESET_NAMES:
             record = cells.get((dataset, preset))
             for kimg, value in sorted((record or {'points': {}})['points'].items()):
                 writer.writerow([dataset, sg.group_of(dataset), preset, sg.PAPER_LABELS[preset], kimg,
-                                 repr(value), record['run_dir']])
+                                 repr(value), record['run_dir'], record['num_gen']])
     return buf.getvalue()
 
 # ----------------------------------------------------------------------------
@@ -350,7 +408,7 @@ def plot_lr_curves(path):
 # The whole report.
 
 
-def status_lines(cells):
+def status_lines(cells, points=sg.SNAP_KIMG):
     """One line per grid cell that is not finished (missing or partial)."""
     lines = []
     for run in sg.grid():
@@ -358,48 +416,79 @@ def status_lines(cells):
         if record is None:
             lines.append(f'- {run.label}: missing (no run dir)')
             continue
-        have = [k for k in sg.SNAP_KIMG if k in record['points']]
-        if len(have) < len(sg.SNAP_KIMG):
+        have = [k for k in points if k in record['points']]
+        if len(have) < len(points):
             lines.append(f'- {run.label}: partial, points at kimg {have or "none"} ({record["run_dir"]})')
     return lines
 
 
-def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True):
+def count_summary(cells, metric):
+    """What the report must say about generated-image counts.
+
+    Returns:
+        (per_count, header, heading): per_count maps num_gen -> number of runs with values of that
+        count; header is a sentence for the report's top ('' when every value is from the standard
+        50,000 images); heading is the count for the table headings ('' for the standard count,
+        'N generated images', or 'mixed generated-image counts').
+    """
+    per_count = collections.Counter(r['num_gen'] for r in cells.values() if r['num_gen'] is not None)
+    if set(per_count) <= {sg.STANDARD_NUM_GEN}:
+        return per_count, '', ''
+    if len(per_count) == 1:
+        (n,) = per_count
+        header = (f'**{metric} values are from {n:,} generated images per point, not {sg.STANDARD_NUM_GEN:,}**: '
+                  f'not comparable with FID50k numbers (FID from few images is biased upwards).')
+        return per_count, header, f'{n:,} generated images'
+    runs = ', '.join(f'{n:,} images ({c} run{"s" * (c != 1)})' for n, c in sorted(per_count.items(), reverse=True))
+    header = (f'**Runs differ in generated-image count**: {runs}. Values of different counts are not '
+              f'comparable (FID from few images is biased upwards); see points.csv or summary.json for each run\'s count.')
+    return per_count, header, 'mixed generated-image counts'
+
+
+def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True, points=sg.SNAP_KIMG):
     """Write every report file into out_dir.
 
     Args:
         runs_dir: Directory searched recursively for run dirs.
         out_dir:  Output directory (created).
-        metric:   Metric name; its file is metric-<metric>.jsonl and its result key the same name.
+        metric:   Metric name; its file is metric-<metric>.jsonl and its result key the same name (or the
+                  relabelled key of a line with fewer generated images, e.g. fid256_full).
         plots:    Draw the PNG figures (needs matplotlib).
+        points:   Evaluation kimg points: Tables 3/4 use the last, Tables 5/6 the minimum over all.
 
     Returns:
         The summary dict also written to summary.json.
     """
+    points = tuple(sorted(set(points)))
+    assert points, 'at least one evaluation point is needed'
     os.makedirs(out_dir, exist_ok=True)
-    cells, notes = collect_runs(runs_dir, metric)
-    finished = sum(1 for run in sg.grid()
-                   if all(k in (cells.get((run.dataset, run.schedule)) or {'points': {}})['points'] for k in sg.SNAP_KIMG))
+    cells, notes = collect_runs(runs_dir, metric, points)
+    finished = sum(1 for r in cells.values() if sg.points_status(r['points'], points) == 'finished')
+    per_count, count_header, count_heading = count_summary(cells, metric)
 
     md = [f'# Learning-rate study report ({metric})', '',
           f'Runs found under `{runs_dir}`: {len(cells)} of {len(sg.grid())} grid cells, {finished} finished '
-          f'(all of kimg {", ".join(map(str, sg.SNAP_KIMG))}).', '',
-          'Marking as in the paper: **bold** = the best two of a column, <u>underlined</u> = the worst two.', '']
+          f'(all of kimg {", ".join(map(str, points))}).', '']
+    if count_header:
+        md += [count_header, '']
+    md += ['Marking as in the paper: **bold** = the best two of a column, <u>underlined</u> = the worst two.', '']
     tables = {}
     for number, kind, group in TABLES:
-        table = build_table(cells, group, kind)
-        name = f'table{number}_{kind}_{group}'
+        table = build_table(cells, group, kind, points)
+        name = table_name(number, kind, group, points)
         tables[name] = table
-        md.append(table_markdown(table, number, metric))
+        md.append(table_markdown(table, number, metric, points, count_heading))
         dnnlib.util.atomic_write_text(os.path.join(out_dir, name + '.csv'), table_csv(table))
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'points.csv'), points_csv(cells))
 
-    lines = status_lines(cells)
+    lines = status_lines(cells, points)
     md += ['## Run status', ''] + (lines or ['All 80 runs finished.']) + ['']
-    if notes['unrecognised'] or notes['duplicates']:
+    if notes['unrecognised'] or notes['duplicates'] or notes['mixed_counts']:
         md += ['## Notes', '']
         md += [f'- not in the grid (ignored): {n}' for n in notes['unrecognised']]
         md += [f'- several run dirs for one cell (used the one with most points): {n}' for n in notes['duplicates']]
+        md += [f'- generated-image counts differ within a run (counts are never mixed): {n}'
+               for n in notes['mixed_counts']]
         md.append('')
 
     if plots:
@@ -417,24 +506,38 @@ def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True):
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'report.md'), '\n'.join(md))
 
     summary = dict(
-        metric=metric, runs_dir=os.path.abspath(runs_dir), snap_kimg=list(sg.SNAP_KIMG), finished=finished,
-        runs=[dict(dataset=d, preset=p, run_dir=r['run_dir'], found_by=r['found_by'],
+        metric=metric, runs_dir=os.path.abspath(runs_dir), snap_kimg=list(points), finished=finished,
+        num_gen=dict(runs_per_count={str(n): c for n, c in sorted(per_count.items())},
+                     note=count_header, mixed_within_runs=notes['mixed_counts']),
+        runs=[dict(dataset=d, preset=p, run_dir=r['run_dir'], found_by=r['found_by'], num_gen=r['num_gen'],
                    points={str(k): v for k, v in sorted(r['points'].items())})
               for (d, p), r in sorted(cells.items())],
-        tables=tables, status=lines, notes=notes)
+        tables=tables, status=lines,
+        notes={k: notes[k] for k in ('unrecognised', 'duplicates')})
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'summary.json'), json.dumps(summary, indent=2) + '\n')
     return summary
+
+
+def _points_option(ctx, param, value):
+    try:
+        return parse_points(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param)
 
 
 @click.command()
 @click.argument('runs_dir', type=click.Path(exists=True, file_okay=False))
 @click.option('--out', 'out_dir', required=True, type=click.Path(file_okay=False), help='Output directory.')
 @click.option('--metric', default=sg.METRIC, show_default=True, help='Metric to tabulate (metric-<name>.jsonl).')
+@click.option('--points', default=','.join(map(str, sg.SNAP_KIMG)), show_default=True, callback=_points_option,
+              metavar='KIMG,...', help='Evaluation points: Tables 3/4 show the last, Tables 5/6 the minimum over all.')
 @click.option('--no-plots', is_flag=True, help='Skip the PNG figures (no matplotlib needed).')
-def main(runs_dir, out_dir, metric, no_plots):
+def main(runs_dir, out_dir, metric, points, no_plots):
     """Write the study's tables (paper Tables 3-6), figures and a JSON summary for RUNS_DIR into --out."""
-    summary = write_report(runs_dir, out_dir, metric=metric, plots=not no_plots)
+    summary = write_report(runs_dir, out_dir, metric=metric, plots=not no_plots, points=points)
     click.echo(f'{len(summary["runs"])} runs read, {summary["finished"]} finished; report in {out_dir}/report.md')
+    if summary['num_gen']['note']:
+        click.echo(f'note: {summary["num_gen"]["note"].replace("**", "")}')
     if not summary['runs']:
         click.echo(f'warning: no run dirs with a recognised dataset and schedule under {runs_dir}', err=True)
 

@@ -73,6 +73,8 @@ PAPER_LABELS = dict(SCHEDULES)
 TOTAL_KIMG = 100
 SNAP_KIMG = (40, 60, 80, 100)
 METRIC = 'fid50k_full'
+# Generated images of a metric line without a recorded count (upstream's lines; ours at the default).
+STANDARD_NUM_GEN = 50000
 
 # Options shared by every run (see the module docstring for their sources).
 COMMON_TRAIN_ARGS = (
@@ -189,57 +191,119 @@ def _line_kimg(record):
     return int(math.floor(float(kimg) + 1e-6))
 
 
-def read_metric_points(run_dir, metric=METRIC, result_key=None):
-    """Metric values of one run dir by kimg, from metric-<metric>.jsonl.
+def _line_value(record, metric, result_key):
+    """(value, num_gen) of one metric record, or None when it holds no usable value.
 
-    A resumed run may have evaluated the same kimg twice; the last line wins. Lines that are not valid
-    JSON (a crash mid-append) or lack the value are skipped.
+    The value is results[result_key] when a key is given, else results[metric]. A line written with a
+    non-standard generated-image count (`num_gen` recorded, docs/metrics.md "Fewer generated images")
+    carries a relabelled key such as fid256_full instead; that key is accepted when it is the line's only
+    result, so a quick FID is read but keeps its count. Lines without `num_gen` (upstream's, and ours at
+    the standard count) count as STANDARD_NUM_GEN.
+    """
+    results = record.get('results')
+    if not isinstance(results, dict):
+        return None
+    num_gen = record.get('num_gen')
+    num_gen = STANDARD_NUM_GEN if num_gen is None else int(num_gen)
+    if result_key is not None:
+        key = result_key
+    elif metric in results:
+        key = metric
+    elif record.get('num_gen') is not None and len(results) == 1:
+        key = next(iter(results))
+    else:
+        return None
+    return float(results[key]), num_gen
+
+
+def read_metric_series(run_dir, metric=METRIC, result_key=None):
+    """Metric values of one run dir by generated-image count and kimg, from metric-<metric>.jsonl.
+
+    A resumed run may have evaluated the same kimg twice; the last line (of the same count) wins. Lines
+    that are not valid JSON (a crash mid-append) or lack the value are skipped.
 
     Args:
         run_dir:    A run directory.
         metric:     Metric name (file metric-<metric>.jsonl).
-        result_key: Key inside `results`; default: the metric name.
+        result_key: Key inside `results`; default: the metric name, or the single relabelled key of a
+                    line with a recorded `num_gen`.
 
     Returns:
-        dict kimg (int) -> float, empty when the file does not exist.
+        dict num_gen (int) -> dict kimg (int) -> float; empty when the file does not exist.
     """
     path = os.path.join(run_dir, f'metric-{metric}.jsonl')
-    points = {}
+    series = {}
     if not os.path.isfile(path):
-        return points
-    key = result_key or metric
+        return series
     with open(path, encoding='utf-8') as f:
         for line in f:
             try:
                 record = json.loads(line)
-                value = float(record['results'][key])
-            except (ValueError, KeyError, TypeError):
+                found = _line_value(record, metric, result_key)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
-            kimg = _line_kimg(record)
+            kimg = _line_kimg(record) if found is not None else None
             if kimg is not None:
-                points[kimg] = value
-    return points
+                value, num_gen = found
+                series.setdefault(num_gen, {})[kimg] = value
+    return series
 
 
-def best_points(outdir, metric=METRIC):
+def choose_series(series, points=SNAP_KIMG):
+    """The one generated-image count whose values a run is judged by, so counts are never mixed.
+
+    The count with the most of `points` wins; ties go to the larger count (less biased FID), then to
+    the count with more points overall.
+
+    Args:
+        series: read_metric_series() output.
+        points: The evaluation kimg points.
+
+    Returns:
+        (num_gen or None when there is no value, dict kimg -> float of that count).
+    """
+    if not series:
+        return None, {}
+    best = max(series, key=lambda n: (sum(k in series[n] for k in points), n, len(series[n])))
+    return best, series[best]
+
+
+def read_metric_points(run_dir, metric=METRIC, result_key=None, points=SNAP_KIMG):
+    """Metric values of one run dir by kimg, all of one generated-image count (see choose_series).
+
+    Args:
+        run_dir, metric, result_key: as for read_metric_series.
+        points: The evaluation kimg points that decide which count is used when lines differ.
+
+    Returns:
+        dict kimg (int) -> float, empty when the file does not exist.
+    """
+    return choose_series(read_metric_series(run_dir, metric, result_key), points)[1]
+
+
+def best_points(outdir, metric=METRIC, points=SNAP_KIMG):
     """Points of the most complete run dir under `outdir` (ties: the later directory); {} if none."""
     best = {}
     for run_dir in find_run_dirs(outdir) if os.path.isdir(outdir) else []:
-        points = read_metric_points(run_dir, metric)
-        if len(points) >= len(best):
-            best = points
+        found = read_metric_points(run_dir, metric, points=points)
+        if sum(k in found for k in points) >= sum(k in best for k in points):
+            best = found
     return best
 
 
-def run_status(run, runs_dir, metric=METRIC):
-    """'finished' when a run dir of this cell has every SNAP_KIMG point, 'partial k/4' or 'not started'."""
+def points_status(found, points=SNAP_KIMG):
+    """'finished' when `found` (kimg -> value) has every evaluation point, else 'partial k/n'."""
+    have = sum(k in found for k in points)
+    return 'finished' if have == len(points) else f'partial {have}/{len(points)}'
+
+
+def run_status(run, runs_dir, metric=METRIC, points=SNAP_KIMG):
+    """'finished' when a run dir of this cell has every evaluation point, 'partial k/n' or 'not started'."""
     outdir = run.outdir(runs_dir)
-    points = best_points(outdir, metric)
-    have = sum(k in points for k in SNAP_KIMG)
-    if have == len(SNAP_KIMG):
-        return 'finished'
-    started = have > 0 or (os.path.isdir(outdir) and bool(find_run_dirs(outdir)))
-    return f'partial {have}/{len(SNAP_KIMG)}' if started else 'not started'
+    found = best_points(outdir, metric, points)
+    status = points_status(found, points)
+    started = any(k in found for k in points) or (os.path.isdir(outdir) and bool(find_run_dirs(outdir)))
+    return status if status == 'finished' or started else 'not started'
 
 # ----------------------------------------------------------------------------
 # Command line (used by run_grid.sh and slurm_grid.sh).

@@ -276,3 +276,99 @@ def test_cli(paper_runs, tmp_path):
     assert sorted(os.listdir(tmp_path / 'o')) == sorted(
         ['report.md', 'summary.json', 'points.csv', 'table3_fid100_CelebAMask-HQ.csv', 'table4_fid100_Mix-dataset.csv',
          'table5_fidmin_CelebAMask-HQ.csv', 'table6_fidmin_Mix-dataset.csv'])
+
+# ----------------------------------------------------------------------------
+# Fewer generated images (train.py --metric-num-gen) and other evaluation points (--points), as the
+# built-in demo produces: FID from 256 images at kimg 1 and 2.
+
+
+def write_small_run(run_dir, dataset, preset, lines):
+    """A run dir whose metric lines are (kimg, value, num_gen); num_gen None writes a standard fid50k_full line.
+
+    Lines with a count carry the key the metrics code writes for it (fid256_full) and a `num_gen` field.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, 'training_options.json'), 'w') as f:
+        json.dump({'training_set_kwargs': {'path': f'/d/{dataset}.zip'}, 'lr_schedule': preset}, f)
+    with open(os.path.join(run_dir, 'metric-fid50k_full.jsonl'), 'w') as f:
+        for kimg, value, num_gen in lines:
+            record = {'results': {'fid50k_full' if num_gen is None else f'fid{num_gen}_full': value},
+                      'metric': 'fid50k_full', 'snapshot_pkl': f'network-snapshot-{int(kimg):06d}.pkl',
+                      'kimg': kimg, 'detector': {'name': 'inception', 'sha256': '0' * 64}}
+            if num_gen is not None:
+                record['num_gen'] = num_gen
+            f.write(json.dumps(record) + '\n')
+
+
+def table_cell(summary, prefix, label, dataset):
+    """(value, status) of one cell of the summary table whose name starts with prefix."""
+    (name,) = [n for n in summary['tables'] if n.startswith(prefix)]
+    table = summary['tables'][name]
+    row = next(r for r in table['rows'] if r['label'] == label)
+    cell = row['cells'][table['columns'].index(dataset)]
+    return cell['value'], cell['status']
+
+
+def test_small_count_run_with_custom_points(tmp_path):
+    """The demo's run: fid256_full at kimg 0, 1.008, 2.016 reads as a finished run with --points 1,2."""
+    runs = tmp_path / 'runs'
+    write_small_run(str(runs / 'Mix-dataset1' / 'ddclr' / '00000-x'), 'Mix-dataset1', 'ddclr',
+                    [(0.0, 250.0, 256), (1.008, 310.5, 256), (2.016, 301.25, 256)])
+    from click.testing import CliRunner
+    out = tmp_path / 'o'
+    result = CliRunner().invoke(report.main, [str(runs), '--out', str(out), '--no-plots', '--points', '2,1'])
+    assert result.exit_code == 0, result.output
+    assert '1 runs read, 1 finished' in result.output and '256 generated images' in result.output
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['snap_kimg'] == [1, 2]
+    assert summary['runs'][0]['points'] == {'0': 250.0, '1': 310.5, '2': 301.25}
+    assert summary['runs'][0]['num_gen'] == 256
+    # Table 4: the value at the last point (2 kimg); Table 6: the minimum over 1 and 2 kimg (kimg 0 excluded).
+    assert table_cell(summary, 'table4_', 'DDCLR', 'Mix-dataset1') == (301.25, 'ok')
+    assert table_cell(summary, 'table6_', 'DDCLR', 'Mix-dataset1') == (301.25, 'ok')
+    assert table_cell(summary, 'table4_', 'Fixed', 'Mix-dataset1') == (None, 'missing')
+    assert sorted(os.listdir(out)) == sorted(
+        ['report.md', 'summary.json', 'points.csv', 'table3_fid2_CelebAMask-HQ.csv', 'table4_fid2_Mix-dataset.csv',
+         'table5_fidmin_CelebAMask-HQ.csv', 'table6_fidmin_Mix-dataset.csv'])
+    md = (out / 'report.md').read_text()
+    assert '1 finished (all of kimg 1, 2)' in md
+    assert 'values are from 256 generated images per point, not 50,000' in md
+    assert '### Table 4: FID at 2 kimg, Mix-dataset (fid50k_full, 256 generated images, lower is better)' in md
+    assert '### Table 6: minimum FID over 1/2 kimg, Mix-dataset' in md
+    with open(out / 'points.csv', newline='') as f:
+        assert {r['num_gen'] for r in csv.DictReader(f)} == {'256'}
+
+    # With the study's default points the same run has none of 40/60/80/100.
+    default = report.write_report(str(runs), str(tmp_path / 'o2'), plots=False)
+    assert default['finished'] == 0
+    assert table_cell(default, 'table4_fid100', 'DDCLR', 'Mix-dataset1') == (None, 'partial 0/4')
+
+
+def test_mixed_counts_within_a_run_are_never_mixed(tmp_path):
+    """A run with 50k lines at 40 kimg only and 256-image lines at all four points is judged by the 256 lines."""
+    runs = tmp_path / 'runs'
+    quick = [(k, 100.0 + k, 256) for k in (40, 60, 80, 100)]
+    write_small_run(str(runs / 'a'), 'CelebAMask-HQ1', 'clr', [(40, 20.0, None)] + quick)
+    # Both counts complete: the larger count wins, its values only.
+    write_small_run(str(runs / 'b'), 'CelebAMask-HQ2', 'clr', [(k, 30.0 - k / 100, None) for k in (40, 60, 80, 100)] + quick)
+    summary = report.write_report(str(runs), str(tmp_path / 'o'), plots=False)
+    runs_by = {r['dataset']: r for r in summary['runs']}
+    assert runs_by['CelebAMask-HQ1']['num_gen'] == 256
+    assert runs_by['CelebAMask-HQ1']['points'] == {str(k): 100.0 + k for k in (40, 60, 80, 100)}
+    assert runs_by['CelebAMask-HQ2']['num_gen'] == 50000
+    assert table_cell(summary, 'table5_', 'CLR', 'CelebAMask-HQ1') == (140.0, 'ok')
+    assert table_cell(summary, 'table5_', 'CLR', 'CelebAMask-HQ2') == (pytest.approx(29.0), 'ok')
+    assert len(summary['num_gen']['mixed_within_runs']) == 2
+    assert summary['num_gen']['runs_per_count'] == {'256': 1, '50000': 1}
+    md = open(os.path.join(tmp_path, 'o', 'report.md'), encoding='utf-8').read()
+    assert 'Runs differ in generated-image count**: 50,000 images (1 run), 256 images (1 run)' in md
+    assert 'used only the 256-image lines' in md and 'used only the 50,000-image lines' in md
+    assert 'mixed generated-image counts' in md  # in the table headings
+
+
+def test_points_option_rejects_bad_values(tmp_path):
+    from click.testing import CliRunner
+    assert report.parse_points('100,40, 60,40') == (40, 60, 100)
+    for bad in ('', 'a,b', '-1,2', '1.5'):
+        result = CliRunner().invoke(report.main, [str(tmp_path), '--out', str(tmp_path / 'o'), '--points', bad])
+        assert result.exit_code == 2 and '--points' in result.output, (bad, result.output)

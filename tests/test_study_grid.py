@@ -259,3 +259,35 @@ def test_run_grid_stops_at_a_failure_unless_keep_going(tmp_path):
                       '--keep-going', env=env)
     assert proc.returncode == 1 and '1 run(s) failed' in proc.stderr
     assert len((tmp_path / 'ran.log').read_text().splitlines()) == 8
+
+
+def test_read_metric_series_accepts_relabelled_keys_by_count(tmp_path):
+    """Lines with fewer generated images (num_gen recorded, key fid256_full) are read under their count."""
+    lines = [
+        {'results': {'fid50k_full': 30.0}, 'kimg': 40},                                  # standard line
+        {'results': {'fid256_full': 300.0}, 'kimg': 40, 'num_gen': 256},
+        {'results': {'fid256_full': 290.0}, 'kimg': 60.02, 'num_gen': 256},
+        {'results': {'fid50k_full': 29.0}, 'kimg': 60, 'num_gen': 50000},                # count written out
+        {'results': {'other_key': 1.0}, 'kimg': 80},                                     # no count: not accepted
+        {'results': {'a_64': 1.0, 'b_64': 2.0}, 'kimg': 80, 'num_gen': 64},              # ambiguous: skipped
+    ]
+    (tmp_path / 'metric-fid50k_full.jsonl').write_text('\n'.join(json.dumps(l) for l in lines) + '\n')
+    series = sg.read_metric_series(str(tmp_path))
+    assert series == {50000: {40: 30.0, 60: 29.0}, 256: {40: 300.0, 60: 290.0}}
+    # Same coverage of the points: the larger count wins; more coverage beats a larger count.
+    assert sg.choose_series(series) == (50000, {40: 30.0, 60: 29.0})
+    series[256][80] = 280.0
+    assert sg.choose_series(series) == (256, {40: 300.0, 60: 290.0, 80: 280.0})
+    assert sg.choose_series(series, points=(40, 60)) == (50000, {40: 30.0, 60: 29.0})
+    assert sg.choose_series({}) == (None, {})
+    assert sg.read_metric_points(str(tmp_path), points=(40, 60)) == {40: 30.0, 60: 29.0}
+
+
+def test_run_status_with_other_points(tmp_path):
+    runs_dir = str(tmp_path)
+    run = sg.grid()[3]
+    write_fake_run(run.outdir(runs_dir), [1, 2])
+    assert sg.run_status(run, runs_dir) == 'partial 0/4'     # the grid's default points
+    assert sg.run_status(run, runs_dir, points=(1, 2)) == 'finished'
+    assert sg.run_status(run, runs_dir, points=(1, 2, 3)) == 'partial 2/3'
+    assert sg.points_status({1: 5.0}, (1,)) == 'finished'
