@@ -189,6 +189,8 @@ class _CommaList(click.ParamType):
 @click.option('--glr', help='Generator Adam lr before lazy-regularisation scaling [default: from --cfg]', type=float)
 @click.option('--dlr', help='Discriminator Adam lr before lazy-regularisation scaling [default: from --cfg]', type=float)
 @click.option('--map-depth', help='Layers in the mapping network [default: from --cfg or the --resume source]', type=int, metavar='INT')
+@click.option('--cbase', help='Channel base: channels at resolution r are min(cbase // r, cmax) [default: from --cfg or the --resume source]', type=int, metavar='INT')
+@click.option('--cmax', help='Most channels in any layer [default: from --cfg or the --resume source]', type=int, metavar='INT')
 # LR schedule.
 @click.option('--lr-schedule', help='LR schedule: preset or KIND:key=value,... (see docs/schedules.md) [default: none]', metavar='SPEC')
 @click.option('--lr-schedule-target', help='Optimizers the schedule drives [default: both]', type=click.Choice(opt_lib.LR_TARGET_CHOICES))

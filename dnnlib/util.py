@@ -199,6 +199,10 @@ def download_to_cache(url: str, cache_dir=None, num_attempts=5, expected_sha256=
                 os.remove(path)
                 raise IOError(f'{url}: downloaded file does not match the expected size/sha256')
             return path
+        except requests.exceptions.ConnectionError as e:
+            # No route or no DNS: an offline machine. Retrying only delays the caller's fallback.
+            last_error = e
+            break
         except Exception as e:  # retried below; the last error is re-raised with the URL in it
             last_error = e
             time.sleep(min(2 ** attempt, 10))

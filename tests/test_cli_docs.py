@@ -1,7 +1,6 @@
 """docs/cli/*.txt: committed --help output of every command line, regenerated and compared.
 
-The table of commands is tools/update_cli_docs.COMMANDS (one list for the tool and this test). train.py is
-checked separately in tests/test_train_cli.py against docs/train-help.txt.
+The table of commands is tools/update_cli_docs.COMMANDS (one list for the tool and this test).
 """
 
 import importlib.util

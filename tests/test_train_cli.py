@@ -191,11 +191,10 @@ def test_missing_dataset_names_data(tmp_path):
     assert res.exit_code == 2 and "'--data'" in res.output
 
 
-def test_help_matches_docs():
+def test_help_hides_test_flags():
+    # The help text itself is compared with docs/cli/train.txt by tests/test_cli_docs.py.
     res = _invoke(['--help'])
-    assert res.exit_code == 0
-    with open(os.path.join(ROOT, 'docs', 'train-help.txt'), encoding='utf-8') as f:
-        assert res.output == f.read(), 'docs/train-help.txt is stale: python train.py --help > docs/train-help.txt'
+    assert res.exit_code == 0 and '--cbase' in res.output
     assert '--tick' not in res.output  # hidden test flag
 
 

@@ -4,7 +4,7 @@
     python tools/update_cli_docs.py --check    # write nothing; exit 1 and name the stale files
 
 tests/test_cli_docs.py runs the same COMMANDS table, so a flag added without refreshing the docs fails
-the test suite. train.py is not listed: tests/test_train_cli.py already compares docs/train-help.txt.
+the test suite.
 
 Each command runs in a subprocess from the repository root with a pinned environment (COLUMNS, no
 colour), because click and argparse wrap help text at the terminal width: without the pin, the text
@@ -22,6 +22,7 @@ COLUMNS = 100
 
 # name (-> docs/cli/<name>.txt), interpreter arguments. Subcommands are named <program>-<subcommand>.
 COMMANDS = [
+    ('train', ['train.py', '--help']),
     ('generate', ['generate.py', '--help']),
     ('calc_metrics', ['calc_metrics.py', '--help']),
     ('dataset_tool', ['dataset_tool.py', '--help']),

@@ -45,7 +45,7 @@ DEFAULTS = dict(
     cond=False, subset=None, mirror=False, cfg='auto', gamma=None, kimg=None, batch=None,
     aug=None, p=None, target=None, augpipe=None, resume=None, freezed=None,
     fp32=False, nhwc=False, allow_tf32=False, nobench=False, workers=3,
-    glr=None, dlr=None, batch_gpu=None, map_depth=None, snap_kimg=None, metric_data=None,
+    glr=None, dlr=None, batch_gpu=None, map_depth=None, cbase=None, cmax=None, snap_kimg=None, metric_data=None,
     metric_num_gen=None, lr_schedule=None, lr_schedule_target='both', ada_p_max=None, device='auto',
     checkpoint_ticks=None, tick=None, new_run=False,
 )
@@ -282,6 +282,13 @@ def _overrides(o, args, desc_parts):
         _require(o.map_depth >= 1, '--map-depth', f'must be >= 1, got {o.map_depth}')
         args.G_kwargs.mapping_kwargs.num_layers = o.map_depth
 
+    # Network width (channels at resolution r = min(cbase // r, cmax)); small values make CPU runs
+    # and quick experiments practical. Applied to G and D alike, as the presets do.
+    for flag, value, key in (('--cbase', o.cbase, 'channel_base'), ('--cmax', o.cmax, 'channel_max')):
+        if value is not None:
+            _require(value >= 1, flag, f'must be >= 1, got {value}')
+            args.G_kwargs.synthesis_kwargs[key] = args.D_kwargs[key] = value
+
 
 def _check_batch(o, args):
     """Batch / GPUs / per-GPU batch / minibatch-std group must fit together (user-pain §19)."""
@@ -370,7 +377,10 @@ def _apply_source_architecture(o, args, info, resume_info):
     for key in ('z_dim', 'w_dim'):
         if key in g_src:
             args.G_kwargs[key] = g_src[key]
+    explicit = {'channel_base': o.cbase, 'channel_max': o.cmax}
     for key in ('channel_base', 'channel_max', 'num_fp16_res', 'conv_clamp'):
+        if explicit.get(key) is not None:
+            continue  # an explicit --cbase/--cmax wins, like --map-depth
         if key in g_src.get('synthesis_kwargs', {}):
             args.G_kwargs.synthesis_kwargs[key] = g_src['synthesis_kwargs'][key]
         if key in d_src:
