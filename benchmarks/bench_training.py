@@ -9,6 +9,7 @@ printed ratio is meaningful even on a noisy shared machine. Defaults:
 Usage:
     python benchmarks/bench_training.py                        # CPU: ~1 minute at 32x32
     python benchmarks/bench_training.py --res 256 --cfg paper256 --batch 64 --kimg 2   # GPU
+    python benchmarks/bench_training.py --res 512 --cfg paper512 --batch 64 --batch-gpu 8 --kimg 1
 """
 
 import argparse
@@ -89,6 +90,8 @@ def main():
     parser.add_argument('--res', type=int, default=None, help='resolution [32 on CPU, 256 on GPU]')
     parser.add_argument('--cfg', default=None, help='train.py --cfg [auto on CPU, paper256 on GPU]')
     parser.add_argument('--batch', type=int, default=None, help='total batch [8 on CPU, 64 on GPU]')
+    parser.add_argument('--batch-gpu', type=int, default=None,
+                        help='images per forward pass on the GPU [train.py rule: batch // gpus]')
     parser.add_argument('--kimg', type=float, default=None, help='kimg per measured run [0.4 on CPU, 2 on GPU]')
     parser.add_argument('--aug', default='ada', choices=['ada', 'noaug'])
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations at the start of each run')
@@ -103,8 +106,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         data = write_dataset(os.path.join(tmp, 'bench.zip'), a.res)
         if gpu:
-            cases = [('fp16 mixed precision', dict(fp32=False, batch_gpu=None)),
-                     ('fp32 (baseline)', dict(fp32=True, batch_gpu=None))]
+            cases = [('fp16 mixed precision', dict(fp32=False, batch_gpu=a.batch_gpu)),
+                     ('fp32 (baseline)', dict(fp32=True, batch_gpu=a.batch_gpu))]
         else:
             cases = [(f'batch_gpu={a.batch}', dict(fp32=True, batch_gpu=a.batch)),
                      (f'batch_gpu={a.batch // 2} (baseline)', dict(fp32=True, batch_gpu=a.batch // 2))]
