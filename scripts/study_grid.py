@@ -38,7 +38,6 @@ import math
 import os
 import re
 import shlex
-import sys
 
 import click
 

@@ -190,3 +190,31 @@ def plugin_status(module_name):
     if module_name in _plugins:
         return 'built'
     return 'failed' if module_name in _failures else 'untried'
+
+
+def choose_impl(x, impl, load_plugin):
+    """The implementation an op call takes, shared by every op: 'ref' or 'cuda'.
+
+    Args:
+        x: The op's input tensor.
+        impl: 'auto' (CUDA kernel for CUDA tensors when the plugin builds, else the reference),
+            'ref', or 'cuda' (the kernel or an error).
+        load_plugin: The op's loader, called as load_plugin(required) -> plugin or None; with
+            required=True a failed build raises PluginBuildError.
+    """
+    if impl not in ('auto', 'ref', 'cuda'):
+        raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
+    if impl == 'ref':
+        return 'ref'
+    if x.device.type != 'cuda':
+        if impl == 'cuda':
+            raise ValueError(f"impl='cuda' needs a CUDA tensor, got one on {x.device}")
+        return 'ref'
+    return 'cuda' if load_plugin(required=(impl == 'cuda')) is not None else 'ref'
+
+
+def plugin_usable(load_plugin):
+    """True when a CUDA device exists and the op's plugin is built (or builds now); never raises."""
+    if not torch.cuda.is_available():
+        return False
+    return load_plugin(required=False) is not None

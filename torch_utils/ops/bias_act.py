@@ -73,22 +73,12 @@ def which_impl(x, impl='auto'):
     May trigger the (one) plugin build. With impl='cuda' a failed build raises PluginBuildError, and a
     non-CUDA tensor raises ValueError.
     """
-    if impl not in ('auto', 'ref', 'cuda'):
-        raise ValueError(f"impl must be 'auto', 'ref' or 'cuda', got {impl!r}")
-    if impl == 'ref':
-        return 'ref'
-    if x.device.type != 'cuda':
-        if impl == 'cuda':
-            raise ValueError(f"impl='cuda' needs a CUDA tensor, got one on {x.device}")
-        return 'ref'
-    return 'cuda' if _load_plugin(required=(impl == 'cuda')) is not None else 'ref'
+    return custom_ops.choose_impl(x, impl, _load_plugin)
 
 
 def cuda_available():
     """True when the CUDA plugin is built (or builds now); never raises."""
-    if not torch.cuda.is_available():
-        return False
-    return _load_plugin(required=False) is not None
+    return custom_ops.plugin_usable(_load_plugin)
 
 
 # ----------------------------------------------------------------------------------------------------------
