@@ -206,7 +206,15 @@ def download_to_cache(url: str, cache_dir=None, num_attempts=5, expected_sha256=
         except Exception as e:  # retried below; the last error is re-raised with the URL in it
             last_error = e
             time.sleep(min(2 ** attempt, 10))
-    raise IOError(f'could not download {url}: {last_error}') from last_error
+    raise IOError(f'could not download {url}: {_short_reason(last_error)}') from last_error
+
+
+def _short_reason(exc, limit=160) -> str:
+    """One readable line for a download failure (requests nests long reprs of its causes)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if 'NameResolutionError' in text or 'Failed to resolve' in text:
+        return 'host name not resolved (offline?)'
+    return text if len(text) <= limit else text[:limit] + '...'
 
 
 def _file_matches(path, expected_sha256, expected_size) -> bool:

