@@ -31,3 +31,32 @@ def test_two_process_gloo_run(tmp_path):
     assert all(torch.isfinite(v).all() for v in state['G'].values() if v.is_floating_point())
     with open(os.path.join(run_dir, 'log.txt')) as f:
         assert 'Exiting...' in f.read()
+
+
+@pytest.mark.slow
+def test_train_py_under_torchrun(tmp_path):
+    """`torchrun --nproc_per_node 2 train.py --gpus 2` on CPU: rank 0 prepares the run, both ranks train."""
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = write_image_zip(str(tmp_path / 'tiny.zip'))
+    outdir = str(tmp_path / 'runs')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(root, 'train.py'), f'--outdir={outdir}', f'--data={data}', '--gpus=2', '--device=cpu',
+           '--batch=8', '--kimg=1', '--cbase=256', '--cmax=16', '--map-depth=2', '--metrics=none',
+           '--aug=noaug', '--workers=0', '--snap=1000']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    res = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    (run_name,) = os.listdir(outdir)
+    run_dir = os.path.join(outdir, run_name)
+    with open(os.path.join(run_dir, 'training_options.json')) as f:
+        assert json.load(f)['num_gpus'] == 2
+    from torch_utils import checkpoint
+    _, state = checkpoint.load_latest(run_dir)
+    assert state['cur_nimg'] == 1000 and state['finished']
+    assert 'network-snapshot-000001.pkl' in list_files(run_dir, 'network-snapshot-')
+    rows = read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
+    # Gmain reports batch_gpu=4 samples per rank: pooled over 2 ranks, 8 per iteration.
+    assert rows[-1]['Loss/G/loss']['num'] % 8 == 0 and rows[-1]['Loss/G/loss']['num'] > 0

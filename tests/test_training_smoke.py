@@ -60,8 +60,13 @@ def test_losses_finite_and_stats_written(smoke_run):
     for key in ('Loss/G/loss', 'Loss/D/loss', 'Loss/scores/real', 'Loss/scores/fake', 'Loss/signs/real'):
         assert key in rows[-1], key
         assert all(math.isfinite(r[key]['mean']) for r in rows if key in r and r[key]['num'] > 0), key
-    for key in ('Progress/lr_G', 'Progress/lr_D', 'Progress/kimg', 'Progress/augment', 'Timing/sec_per_kimg'):
+    for key in ('Progress/lr_G', 'Progress/lr_D', 'Progress/kimg', 'Progress/augment', 'Timing/sec_per_kimg',
+                'Timing/data_wait_sec', 'Grads/G/nonfinite', 'Grads/D/nonfinite'):
         assert key in rows[-1], key
+    # one loader wait per iteration of 4 images; no NaN/Inf gradients in a healthy run
+    assert sum(r['Timing/data_wait_sec']['num'] for r in rows) == 48 // 4
+    assert all(r['Timing/data_wait_sec']['mean'] >= 0 for r in rows if r['Timing/data_wait_sec']['num'])
+    assert all(r[k]['mean'] == 0 for r in rows for k in ('Grads/G/nonfinite', 'Grads/D/nonfinite') if r[k]['num'])
     # the last tick ends exactly at the budget: 48 images
     assert rows[-1]['Progress/kimg']['mean'] == pytest.approx(0.048)
     for tensor in list(smoke_run['S'].G.parameters()) + list(smoke_run['S'].D.parameters()):
@@ -124,6 +129,58 @@ def test_run_directory_contents(smoke_run):
         assert expected in names
     states = [n for n in names if n.startswith('training-state-')]
     assert states == ['training-state-000000.pt']  # only the newest is kept
+
+
+def test_tensorboard_events_mirror_stats_jsonl(smoke_run):
+    """With tensorboard installed, every tick's means also go to a tfevents file in the run directory."""
+    pytest.importorskip('tensorboard')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert any(n.startswith('events.out.tfevents.') for n in os.listdir(smoke_run['run_dir']))
+    events = EventAccumulator(smoke_run['run_dir'])
+    events.Reload()
+    rows = read_jsonl(os.path.join(smoke_run['run_dir'], 'stats.jsonl'))
+    for key in ('Loss/G/loss', 'Progress/lr_G', 'Progress/kimg'):
+        logged = [e.value for e in events.Scalars(key)]
+        expected = [r[key]['mean'] for r in rows if key in r]
+        assert logged == pytest.approx(expected, rel=1e-6, abs=1e-12), key
+    assert [e.step for e in events.Scalars('Progress/kimg')] == [int(r['Progress/kimg']['mean']) for r in rows]
+
+
+def test_sanitise_grads_counts_and_replaces():
+    from training.training_loop import sanitise_grads
+    a = torch.nn.Parameter(torch.zeros(3))
+    b = torch.nn.Parameter(torch.zeros(2, 2))
+    a.grad = torch.tensor([1.0, float('nan'), float('inf')])
+    b.grad = torch.tensor([[float('-inf'), 2.0], [3.0, 4.0]])
+    assert int(sanitise_grads([a, b])) == 3
+    assert a.grad.tolist() == [1.0, 0.0, 1e5] and b.grad.tolist() == [[-1e5, 2.0], [3.0, 4.0]]
+    assert int(sanitise_grads([a, b])) == 0
+
+
+def test_nonfinite_gradients_are_counted_and_logged(data_zip, tmp_path, monkeypatch, capsys):
+    """A NaN injected into G's gradient in the first Gmain phase is zeroed, counted and reported."""
+    from training import loss as loss_lib
+    from training import training_loop
+    original = loss_lib.StyleGAN2Loss.accumulate_gradients
+    injected = []
+
+    def poisoned(self, phase, **kw):
+        original(self, phase, **kw)
+        if phase == 'Gmain' and not injected:
+            weight = next(p for p in self.G_synthesis.parameters() if p.grad is not None)
+            weight.grad.view(-1)[:5] = float('nan')
+            injected.append(5)
+
+    monkeypatch.setattr(loss_lib.StyleGAN2Loss, 'accumulate_gradients', poisoned)
+    run_dir = str(tmp_path / 'run')
+    S = training_loop.training_loop(**tiny_loop_kwargs(data_zip, run_dir, total_kimg=0.016, kimg_per_tick=0.008))
+    rows = read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
+    totals = [round(r['Grads/G/nonfinite']['mean'] * r['Grads/G/nonfinite']['num']) for r in rows
+              if r.get('Grads/G/nonfinite', {}).get('num')]
+    assert sum(totals) == 5 and injected == [5]
+    assert all(r['Grads/D/nonfinite']['mean'] == 0 for r in rows if r.get('Grads/D/nonfinite', {}).get('num'))
+    assert 'Warning: 5 non-finite gradient values in G' in capsys.readouterr().out
+    assert all(torch.isfinite(p).all() for p in S.G.parameters())
 
 
 def test_ada_p_moves_by_closed_form_steps(smoke_run):

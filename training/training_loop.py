@@ -15,6 +15,7 @@ Deliberate differences from upstream (see patches/README.md):
 - Gradients are averaged across ranks with one explicit all-reduce per phase instead of DDP.
 - `snap_kimg` points end a tick and write a snapshot named by the requested kimg.
 - Optional lr schedule applied every iteration: lr = lr_at(schedule, cur_nimg) * (I / (I + 1)).
+- NaN/Inf gradient entries are zeroed as upstream, but counted and reported (Grads/*/nonfinite).
 """
 
 import copy
@@ -357,7 +358,10 @@ def save_checkpoint(S):
 
 
 def _fetch_reals(S):
+    # Host time spent waiting for the loader: large values mean the input pipeline is the bottleneck.
+    wait_start = time.perf_counter()
     img, c = next(S.data_iter)
+    training_stats.report0('Timing/data_wait_sec', time.perf_counter() - wait_start)
     img = (img.to(S.device).to(torch.float32) / 127.5 - 1).split(S.batch_gpu)
     c = c.to(S.device).split(S.batch_gpu)
     return img, c
@@ -395,6 +399,35 @@ def _apply_lr_schedule(S):
                 group['lr'] = o.lr
 
 
+def sanitise_grads(params):
+    """Replace NaN/Inf gradient entries in place and count them.
+
+    Sanitising instead of skipping the step keeps one bad fp16 batch from poisoning Adam's moments
+    (as upstream); counting makes it visible instead of silent (reported per tick, see end_tick).
+
+    Args:
+        params: parameters whose `.grad` is set (after the cross-rank average, so every rank agrees).
+
+    Returns:
+        number of non-finite entries as a 0-d tensor on the gradients' device (no host sync).
+    """
+    count = torch.zeros([], dtype=torch.int64, device=params[0].grad.device if params else 'cpu')
+    for p in params:
+        count += p.grad.numel() - torch.isfinite(p.grad).sum()
+        torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+    return count
+
+
+def _warn_nonfinite(S, stats):
+    """One log line per network whose gradients held NaN/Inf during the tick (they were zeroed)."""
+    for name in ('G', 'D'):
+        entry = stats.get(f'Grads/{name}/nonfinite')
+        total = 0 if entry is None or entry.num == 0 else round(entry.mean * entry.num)
+        if total > 0:
+            _print0(S, f'Warning: {total} non-finite gradient values in {name} this tick were replaced '
+                       f'(NaN -> 0, Inf -> +-1e5); if this persists, lower the lr or try --fp32.')
+
+
 def _run_phase(S, phase, reals, real_cs, gen_zs, gen_cs):
     """Accumulate one phase's gradients over the per-GPU rounds, average across ranks, step."""
     if phase.start_event is not None:
@@ -409,9 +442,8 @@ def _run_phase(S, phase, reals, real_cs, gen_zs, gen_cs):
     phase.module.requires_grad_(False)
     params = [p for p in phase.module.parameters() if p.grad is not None]  # same set on every rank
     distributed.all_reduce_grads(params)
-    for p in params:
-        # Sanitise instead of skipping the step: one bad fp16 batch must not poison Adam's moments.
-        torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+    # Gradients are identical on every rank after the average: count them once.
+    training_stats.report0(f'Grads/{phase.opt_name}/nonfinite', sanitise_grads(params))
     opt.step()
     phase.ran = True
     if phase.end_event is not None:
@@ -613,6 +645,7 @@ def end_tick(S):
         _print0(S, 'Aborting...')
     _snapshots(S)
     stats = _collect_stats(S, time.time())
+    _warn_nonfinite(S, stats)
     if S.cfg.progress_fn is not None:
         S.cfg.progress_fn(S.cur_nimg // 1000, S.cfg.total_kimg)
     finished_tick = S.cur_tick
