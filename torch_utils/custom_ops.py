@@ -185,6 +185,21 @@ def get_plugin_or_none(module_name, sources, headers=None, **build_kwargs):
         return None
 
 
+def plugin_loader(module_name, sources, headers=None, **build_kwargs):
+    """The loader an op module keeps for its plugin (nothing is built until it is called).
+
+    Returns:
+        load(required) -> the plugin; with required=False a failed build warns once and gives None,
+        with required=True it raises PluginBuildError. This is the `load_plugin` argument of
+        choose_impl and plugin_usable.
+    """
+    def load(required):
+        if required:
+            return get_plugin(module_name, sources, headers, **build_kwargs)
+        return get_plugin_or_none(module_name, sources, headers, **build_kwargs)
+    return load
+
+
 def plugin_status(module_name):
     """'built', 'failed' or 'untried' for a plugin in this process (no build is attempted)."""
     if module_name in _plugins:

@@ -6,19 +6,8 @@
 // Both derivative modes are zero where the forward output was not strictly inside (-clamp, clamp).
 // Derivatives of y-referenced activations are written in terms of t = y / gain = act(z).
 #include <cuda_fp16.h>
+#include "cuda_num.h"
 #include "bias_act.h"
-
-// Math type and conversions: half and float compute in float, double in double.
-template <typename T> struct Num {
-    using acc = T;
-    static __device__ __forceinline__ acc load(T v) { return v; }
-    static __device__ __forceinline__ T store(acc v) { return v; }
-};
-template <> struct Num<__half> {
-    using acc = float;
-    static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
-    static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
-};
 
 static constexpr double kSeluScale = 1.0507009873554805;   // SELU lambda
 static constexpr double kSeluAlpha = 1.6732632423543772;   // SELU alpha

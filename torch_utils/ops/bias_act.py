@@ -28,7 +28,7 @@ from torch_utils import custom_ops
 _PLUGIN_NAME = 'bias_act_plugin'
 _SRC_DIR = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_SRC_DIR, 'bias_act.cpp'), os.path.join(_SRC_DIR, 'bias_act.cu')]
-_HEADERS = [os.path.join(_SRC_DIR, 'bias_act.h')]
+_HEADERS = [os.path.join(_SRC_DIR, 'bias_act.h'), os.path.join(_SRC_DIR, 'cuda_num.h')]
 # --use_fast_math: exp/tanh/log use the fast intrinsics. Their relative error (~1e-6) is far below the
 # float16 resolution the networks run at and below the test tolerances; upstream made the same choice.
 _BUILD_KWARGS = dict(extra_cuda_cflags=['--use_fast_math'])
@@ -60,19 +60,11 @@ activation_funcs = {
 # ----------------------------------------------------------------------------------------------------------
 # Implementation choice.
 
-def _load_plugin(required):
-    """The compiled plugin, or None under impl='auto' when it cannot be built (warned once)."""
-    if required:
-        return custom_ops.get_plugin(_PLUGIN_NAME, _SOURCES, _HEADERS, **_BUILD_KWARGS)
-    return custom_ops.get_plugin_or_none(_PLUGIN_NAME, _SOURCES, _HEADERS, **_BUILD_KWARGS)
+_load_plugin = custom_ops.plugin_loader(_PLUGIN_NAME, _SOURCES, _HEADERS, **_BUILD_KWARGS)
 
 
 def which_impl(x, impl='auto'):
-    """Which implementation a call with this tensor and impl runs: 'ref' or 'cuda'.
-
-    May trigger the (one) plugin build. With impl='cuda' a failed build raises PluginBuildError, and a
-    non-CUDA tensor raises ValueError.
-    """
+    """'ref' or 'cuda' for a call with this tensor and impl (rules: custom_ops.choose_impl)."""
     return custom_ops.choose_impl(x, impl, _load_plugin)
 
 

@@ -1,19 +1,8 @@
 // upfirdn2d CUDA kernel: one thread per output pixel, summing only the taps that hit real input samples
 // (the zero-inserted and padded samples contribute nothing, so they are never visited).
 #include <cuda_fp16.h>
+#include "cuda_num.h"
 #include "upfirdn2d.h"
-
-// Accumulator type and conversions: half and float accumulate in float, double in double.
-template <typename T> struct Num {
-    using acc = T;
-    static __device__ __forceinline__ acc load(T v) { return v; }
-    static __device__ __forceinline__ T store(acc v) { return v; }
-};
-template <> struct Num<__half> {
-    using acc = float;
-    static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
-    static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
-};
 
 // Floor division that is correct for negative numerators (C++ '/' truncates toward zero).
 static __device__ __forceinline__ int floor_div(int a, int b) {

@@ -31,7 +31,7 @@ from torch_utils import custom_ops
 _PLUGIN_NAME = 'upfirdn2d_plugin'
 _SRC_DIR = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_SRC_DIR, 'upfirdn2d.cpp'), os.path.join(_SRC_DIR, 'upfirdn2d.cu')]
-_HEADERS = [os.path.join(_SRC_DIR, 'upfirdn2d.h')]
+_HEADERS = [os.path.join(_SRC_DIR, 'upfirdn2d.h'), os.path.join(_SRC_DIR, 'cuda_num.h')]
 # --use_fast_math: the kernel only multiplies and adds (no transcendental functions), so fast math changes
 # nothing but lets nvcc contract into FMAs -- the same choice as upstream.
 _BUILD_KWARGS = dict(extra_cuda_cflags=['--use_fast_math'])
@@ -122,19 +122,11 @@ def setup_filter(f, device=torch.device('cpu'), normalize=True, flip_filter=Fals
 # ----------------------------------------------------------------------------------------------------------
 # Implementation choice.
 
-def _load_plugin(required):
-    """The compiled plugin, or None under impl='auto' when it cannot be built (warned once)."""
-    if required:
-        return custom_ops.get_plugin(_PLUGIN_NAME, _SOURCES, _HEADERS, **_BUILD_KWARGS)
-    return custom_ops.get_plugin_or_none(_PLUGIN_NAME, _SOURCES, _HEADERS, **_BUILD_KWARGS)
+_load_plugin = custom_ops.plugin_loader(_PLUGIN_NAME, _SOURCES, _HEADERS, **_BUILD_KWARGS)
 
 
 def which_impl(x, impl='auto'):
-    """Which implementation a call with this tensor and impl runs: 'ref' or 'cuda'.
-
-    May trigger the (one) plugin build. With impl='cuda' a failed build raises PluginBuildError, and a
-    non-CUDA tensor raises ValueError.
-    """
+    """'ref' or 'cuda' for a call with this tensor and impl (rules: custom_ops.choose_impl)."""
     return custom_ops.choose_impl(x, impl, _load_plugin)
 
 
