@@ -53,6 +53,15 @@ def test_auto_picks_native_only_where_double_backward_works(monkeypatch):
         GS.which_impl(x, 'cuda')
 
 
+def test_probe_leaves_the_global_rng_alone(monkeypatch):
+    """The first-use probe must not shift a training run's random stream (continue = bit-identical)."""
+    monkeypatch.delitem(GS._native_double_backward, 'cpu', raising=False)
+    state = torch.get_rng_state()
+    GS.native_double_backward_works('cpu')
+    assert 'cpu' in GS._native_double_backward  # the probe did run
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 @pytest.mark.gpu
 def test_cuda_ref_matches_native_and_supports_double_backward():
     x, grid = _inputs(dtype=torch.float32, device='cuda')
