@@ -29,7 +29,7 @@ def _resume_info(spec, allow_download):
         allow_download: False for --dry-run: URLs are inspected only if already cached.
 
     Returns:
-        EasyDict(name, pkl, G_init_kwargs, D_init_kwargs, img_resolution) or None.
+        EasyDict(name, pkl, sha256, G_init_kwargs, D_init_kwargs, img_resolution) or None.
     """
     if spec is None or spec == 'noresume':
         return None
@@ -39,7 +39,8 @@ def _resume_info(spec, allow_download):
     if not dnnlib.util.is_url(pkl) and not os.path.isfile(pkl):
         raise opt_lib.OptionError('--resume', f'{spec}: no such file, URL, run directory or preset '
                                               f'({", ".join(sorted(network_pickle.RESUME_SPECS))})')
-    info = dnnlib.EasyDict(name=name, pkl=pkl, G_init_kwargs=None, D_init_kwargs=None, img_resolution=None)
+    info = dnnlib.EasyDict(name=name, pkl=pkl, sha256=None, G_init_kwargs=None, D_init_kwargs=None,
+                           img_resolution=None)
     cached = not dnnlib.util.is_url(pkl) or os.path.isfile(dnnlib.util.url_cache_path(pkl))
     if not allow_download and not cached:
         print(f'Note: {pkl} is not downloaded yet; --dry-run shows the cfg architecture, '
@@ -49,6 +50,9 @@ def _resume_info(spec, allow_download):
         data = network_pickle.load_network_pkl(pkl)
     except Exception as e:  # a broken or foreign file is the user's input: name it
         raise opt_lib.OptionError('--resume', f'{spec}: cannot load network pickle: {e}') from e
+    # Recorded in training_options.json (the run says exactly which weights it started from) and
+    # checked again when training loads the file.
+    info.sha256 = dnnlib.util.sha256_file(dnnlib.util.resolve_path_or_url(pkl))
     G, D = data.get('G_ema') or data.get('G'), data.get('D')
     info.G_init_kwargs = dict(getattr(G, 'init_kwargs', {}) or {})
     info.D_init_kwargs = dict(getattr(D, 'init_kwargs', {}) or {}) if D is not None else {}
@@ -63,6 +67,9 @@ def _print_summary(args, info, continuing):
     print()
     print(f'Output directory:   {args.run_dir}' + ('  (continuing)' if continuing else ''))
     print(f'Training data:      {args.training_set_kwargs.path}')
+    if args.get('resume_pkl') is not None:
+        sha = args.get('resume_pkl_sha256')
+        print(f'Transfer source:    {args.resume_pkl}' + (f' (sha256 {sha[:16]}...)' if sha else ''))
     print(f'Training duration:  {args.total_kimg} kimg')
     print(f'Number of GPUs:     {args.num_gpus}')
     print(f'Number of images:   {args.training_set_kwargs.max_size}')

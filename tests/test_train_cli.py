@@ -99,6 +99,24 @@ def test_transfer_takes_source_architecture():
         _build(_info(res=64), resume_info=src, resume='/x/src.pkl')
 
 
+def test_transfer_source_sha256_recorded(tmp_path):
+    """--resume PKL: the options record the file's sha256 and the summary shows it."""
+    import train
+    from patches import network_pickle
+    from training import networks
+    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=32, img_channels=3,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=128, channel_max=8))
+    D = networks.Discriminator(c_dim=0, img_resolution=32, img_channels=3, channel_base=128, channel_max=8)
+    pkl = str(tmp_path / 'src.pkl')
+    network_pickle.save_network_pkl(pkl, dict(G=G.eval(), D=D.eval(), G_ema=G, augment_pipe=None))
+    data = write_image_zip(str(tmp_path / 'data.zip'))
+    args, _ = train.prepare(dict(outdir=str(tmp_path / 'runs'), data=data, resume=pkl))
+    assert args.resume_pkl == pkl and args.resume_pkl_sha256 == dnnlib.util.sha256_file(pkl)
+    assert args.G_kwargs.mapping_kwargs.num_layers == 1  # the source's architecture, not auto's
+    res = _invoke(['--outdir', str(tmp_path / 'runs'), '--data', data, '--resume', pkl, '-n'])
+    assert res.exit_code == 0 and f'(sha256 {args.resume_pkl_sha256[:16]}...)' in res.output
+
+
 def test_extras_recorded():
     _, a = _build(kimg=100, snap_kimg='100,40,60,80', lr_schedule='ddclr', lr_schedule_target='g', glr=0.001,
                   dlr=0.002, ada_p_max=0.5, metric_num_gen=500, checkpoint_ticks=5)

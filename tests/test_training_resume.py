@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+import dnnlib
+
 import schedulers
 from training_helpers import ada_kwargs, list_files, tiny_loop_kwargs, write_image_zip
 
@@ -118,8 +120,14 @@ def test_transfer_starts_from_source_weights(data_zip, tmp_path):
             seen['nimg'] = S.step_nimg
 
     # Huge ema_kimg: beta rounds to 1 in float32, so the first EMA step leaves G_ema exactly as loaded.
+    sha = dnnlib.util.sha256_file(pkl)
     training_loop.training_loop(**tiny_loop_kwargs(data_zip, str(tmp_path / 'dst'), total_kimg=0.004, resume_pkl=pkl,
-                                                   ema_kimg=1e9, ema_rampup=None, iteration_fn=first_step))
+                                                   resume_pkl_sha256=sha, ema_kimg=1e9, ema_rampup=None,
+                                                   iteration_fn=first_step))
     assert seen['nimg'] == 0  # counters start at zero for transfer
     assert torch.equal(seen['img'], want)
+    # A source that changed after the run was set up (recorded sha256 differs) is refused.
+    with pytest.raises(ValueError, match='sha256 .* differs .* transfer source changed'):
+        training_loop.training_loop(**tiny_loop_kwargs(data_zip, str(tmp_path / 'dst2'), total_kimg=0.004,
+                                                       resume_pkl=pkl, resume_pkl_sha256='0' * 64))
     del src

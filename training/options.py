@@ -360,6 +360,8 @@ def _resume(o, args, desc_parts, resume_info):
         return
     desc_parts.append(f'-resume{resume_info.name}' if resume_info.get('name') else '-resumecustom')
     args.resume_pkl = resume_info.pkl
+    if resume_info.get('sha256'):
+        args.resume_pkl_sha256 = resume_info.sha256
     args.ada_kimg = 100  # make ADA react faster at the beginning
     args.ema_rampup = None  # disable EMA rampup
 

@@ -267,8 +267,13 @@ def copy_weights_by_name(src, dst):
 
 def _transfer_from_pickle(S):
     from patches import network_pickle  # only transfer runs need the pickle loader
-    _print0(S, f'Resuming from "{S.cfg.resume_pkl}"')
-    data = network_pickle.load_network_pkl(S.cfg.resume_pkl)
+    local = dnnlib.util.resolve_path_or_url(S.cfg.resume_pkl)
+    sha = dnnlib.util.sha256_file(local)
+    if S.cfg.resume_pkl_sha256 is not None and sha != S.cfg.resume_pkl_sha256:
+        raise ValueError(f'{S.cfg.resume_pkl}: sha256 {sha} differs from {S.cfg.resume_pkl_sha256} recorded when '
+                         f'the run was set up; the transfer source changed')
+    _print0(S, f'Resuming from "{S.cfg.resume_pkl}" (sha256 {sha})')
+    data = network_pickle.load_network_pkl(local)
     for name in ('G', 'D', 'G_ema'):
         if data.get(name) is None:
             raise ValueError(f'{S.cfg.resume_pkl}: the pickle has no {name}')
@@ -728,6 +733,7 @@ LOOP_DEFAULTS = dict(
     snap_kimg=[],                   # Extra snapshots (and metrics) when cur_nimg first reaches these kimg.
     checkpoint_ticks=None,          # Ticks between training-state checkpoints (None = network_snapshot_ticks).
     resume_pkl=None,                # Transfer source pickle/URL (weights only; counters start at 0).
+    resume_pkl_sha256=None,         # Its sha256 when the run was set up; a different file is an error.
     lr_schedule=None,               # schedulers dict (None = constant lr).
     lr_schedule_target='both',      # 'g', 'd' or 'both': optimizers the schedule drives.
     metric_dataset_kwargs=None,     # Dataset for metrics (None = training set).
