@@ -72,6 +72,47 @@ def test_cached_download_is_reused_and_verified(tmp_path, monkeypatch):
         util.download_to_cache(url, cache_dir=str(tmp_path), expected_size=1, num_attempts=1, verbose=False)
 
 
+def _serve_once(body, declared_length):
+    """A local HTTP server answering every GET with `body` but declaring `declared_length` bytes."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header('Content-Length', str(declared_length))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f'http://127.0.0.1:{server.server_address[1]}/pretrained/net.pkl'
+
+
+def test_download_complete_and_truncated(tmp_path, monkeypatch):
+    monkeypatch.setattr(util.time, 'sleep', lambda s: None)
+    server, url = _serve_once(b'0123456789', 10)
+    try:
+        path = util.download_to_cache(url, cache_dir=str(tmp_path / 'ok'), verbose=False)
+        with open(path, 'rb') as f:
+            assert f.read() == b'0123456789'
+    finally:
+        server.shutdown()
+    # The connection closes after 4 of 10 declared bytes: an error, and nothing left in the cache.
+    server, url = _serve_once(b'0123', 10)
+    try:
+        with pytest.raises(IOError, match='could not download'):
+            util.download_to_cache(url, cache_dir=str(tmp_path / 'bad'), num_attempts=2, verbose=False)
+    finally:
+        server.shutdown()
+    leftovers = [n for _, _, names in os.walk(str(tmp_path / 'bad')) for n in names]
+    assert leftovers == []
+
+
 def test_cache_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path))
     assert util.make_cache_dir_path('downloads') == os.path.join(str(tmp_path), 'downloads')
