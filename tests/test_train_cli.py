@@ -169,6 +169,19 @@ def test_find_continuable_run(tmp_path):
     found = opt_lib.find_continuable_run(str(tmp_path), a, checkpoint.has_unfinished_state)
     assert found == str(tmp_path / '00000-old')
     assert opt_lib.next_run_dir(str(tmp_path), 'x') == str(tmp_path / '00003-x')
+    # A run stored before resume_pkl_sha256 existed continues; one with a different source does not.
+    with_sha = dict(a, resume_pkl='/x/src.pkl', resume_pkl_sha256='ab' * 32)
+    stored = {k: v for k, v in with_sha.items() if k != 'resume_pkl_sha256'}
+    dnnlib.util.atomic_write_text(str(tmp_path / '00000-old' / 'training_options.json'),
+                                  opt_lib.to_json(dict(stored, run_dir=str(tmp_path / '00000-old'))))
+    assert opt_lib.find_continuable_run(str(tmp_path), with_sha, checkpoint.has_unfinished_state) == \
+        str(tmp_path / '00000-old')
+    dnnlib.util.atomic_write_text(str(tmp_path / '00000-old' / 'training_options.json'),
+                                  opt_lib.to_json(dict(with_sha, run_dir=str(tmp_path / '00000-old'))))
+    changed = dict(with_sha, resume_pkl_sha256='cd' * 32)
+    assert opt_lib.find_continuable_run(str(tmp_path), changed, checkpoint.has_unfinished_state) is None
+    assert opt_lib.find_continuable_run(str(tmp_path), with_sha, checkpoint.has_unfinished_state) == \
+        str(tmp_path / '00000-old')
 
 
 # ----------------------------------------------------------------------------

@@ -586,6 +586,15 @@ def find_continuable_run(outdir, args, has_unfinished_state):
             candidates.append((int(m.group(1)), path))
     for _, path in sorted(candidates, reverse=True):
         stored = read_run_options(path)
-        if stored is not None and normalise(stored) == wanted and has_unfinished_state(path):
+        if stored is None or not has_unfinished_state(path):
+            continue
+        stored = normalise(stored)
+        # Runs set up before the source's sha256 was recorded still continue with the same command.
+        same = {k: v for k, v in wanted.items() if k in stored or k not in _ADDED_LATER}
+        if stored == same:
             return path
     return None
+
+
+# Option keys newer versions add; a stored run without them is compared without them.
+_ADDED_LATER = ('resume_pkl_sha256',)
