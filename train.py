@@ -198,6 +198,7 @@ class _CommaList(click.ParamType):
 @click.option('--map-depth', help='Layers in the mapping network [default: from --cfg or the --resume source]', type=int, metavar='INT')
 @click.option('--cbase', help='Channel base: channels at resolution r are min(cbase // r, cmax) [default: from --cfg or the --resume source]', type=int, metavar='INT')
 @click.option('--cmax', help='Most channels in any layer [default: from --cfg or the --resume source]', type=int, metavar='INT')
+@click.option('--ema-kimg', help='Half-life of the G_ema average in kimg [default: from --cfg]', type=float)
 # LR schedule.
 @click.option('--lr-schedule', help='LR schedule: preset or KIND:key=value,... (see docs/schedules.md) [default: none]', metavar='SPEC')
 @click.option('--lr-schedule-target', help='Optimizers the schedule drives [default: both]', type=click.Choice(opt_lib.LR_TARGET_CHOICES))
@@ -207,6 +208,7 @@ class _CommaList(click.ParamType):
 @click.option('--target', help='Target for the overfitting heuristic r_t (only with --aug=ada) [default: 0.6]', type=float)
 @click.option('--augpipe', help='Which augmentations the pipe applies [default: bgc]', type=click.Choice(opt_lib.AUGPIPE_CHOICES))
 @click.option('--ada-p-max', help='Upper bound for the ADA probability p [default: none]', type=float)
+@click.option('--ada-p-init', help='Initial ADA probability p (only with --aug=ada) [default: 0]', type=float)
 # Transfer learning / continuing.
 @click.option('--resume', help='Transfer from network pickle (preset, PATH or URL), or continue a run (RUN DIR) [default: noresume]', metavar='PKL|DIR')
 @click.option('--freezed', help='Freeze this many D layers, counted from the highest resolution [default: 0]', type=int, metavar='INT')

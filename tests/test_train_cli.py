@@ -126,6 +126,11 @@ def test_extras_recorded():
         (0.001, 0.002, 0.5, 500, 5)
     _, a = _build(lr_schedule='none')
     assert 'lr_schedule' not in a
+    _, a = _build(ada_p_init=0.25, ada_p_max=0.5, ema_kimg=2.5)
+    assert (a.augment_p, a.ema_kimg) == (0.25, 2.5)
+    _, a = _build(cfg='paper256')
+    assert a.get('augment_p', 0) == 0  # not given: p starts at 0 (the loop's default)
+    assert a.ema_kimg == 20  # paper256's own half-life
 
 
 @pytest.mark.parametrize('opts,flag', [
@@ -145,6 +150,10 @@ def test_extras_recorded():
     (dict(cond=True), '--cond'),
     (dict(ada_p_max=0.5, aug='noaug'), '--ada-p-max'),
     (dict(glr=0), '--glr'),
+    (dict(ada_p_init=0.2, aug='noaug'), '--ada-p-init'),
+    (dict(ada_p_init=1.5), '--ada-p-init'),
+    (dict(ada_p_init=0.6, ada_p_max=0.5), '--ada-p-init'),
+    (dict(ema_kimg=0), '--ema-kimg'),
 ])
 def test_bad_combinations_name_the_flag(opts, flag):
     with pytest.raises(opt_lib.OptionError) as e:

@@ -146,6 +146,16 @@ def test_tensorboard_events_mirror_stats_jsonl(smoke_run):
     assert [e.step for e in events.Scalars('Progress/kimg')] == [int(r['Progress/kimg']['mean']) for r in rows]
 
 
+def test_ada_starts_from_the_initial_p(data_zip, tmp_path):
+    """augment_p (train.py --ada-p-init) is the p of the first iterations under ADA."""
+    from training import training_loop
+    seen = []
+    kw = tiny_loop_kwargs(data_zip, None, total_kimg=0.008, augment_p=0.35, iteration_fn=lambda S: seen.append(
+        float(S.augment_pipe.p)), **ada_kwargs(ada_kimg=100))
+    training_loop.training_loop(**kw)
+    assert seen and seen[0] == pytest.approx(0.35)
+
+
 def test_sanitise_grads_counts_and_replaces():
     from training.training_loop import sanitise_grads
     a = torch.nn.Parameter(torch.zeros(3))

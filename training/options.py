@@ -46,7 +46,8 @@ DEFAULTS = dict(
     aug=None, p=None, target=None, augpipe=None, resume=None, freezed=None,
     fp32=False, nhwc=False, allow_tf32=False, nobench=False, workers=3,
     glr=None, dlr=None, batch_gpu=None, map_depth=None, cbase=None, cmax=None, snap_kimg=None, metric_data=None,
-    metric_num_gen=None, lr_schedule=None, lr_schedule_target='both', ada_p_max=None, device='auto',
+    metric_num_gen=None, lr_schedule=None, lr_schedule_target='both', ada_p_max=None, ada_p_init=None,
+    ema_kimg=None, device='auto',
     checkpoint_ticks=None, tick=None, new_run=False,
 )
 
@@ -337,6 +338,14 @@ def _augment(o, args, desc_parts):
         _require(aug == 'ada', '--ada-p-max', 'can only be given with --aug=ada')
         _require(o.ada_p_max > 0, '--ada-p-max', f'must be > 0, got {o.ada_p_max}')
 
+    if o.ada_p_init is not None:
+        # Short transfer runs end before ADA has ramped p up from 0 (at most 1.0 per ada_kimg kimg).
+        _require(aug == 'ada', '--ada-p-init', 'can only be given with --aug=ada (use --p with --aug=fixed)')
+        _require(0 <= o.ada_p_init <= 1, '--ada-p-init', f'must be between 0 and 1, got {o.ada_p_init}')
+        _require(o.ada_p_max is None or o.ada_p_init <= o.ada_p_max, '--ada-p-init',
+                 f'{o.ada_p_init} is above --ada-p-max {o.ada_p_max}')
+        args.augment_p = o.ada_p_init
+
     _require(o.augpipe is None or aug != 'noaug', '--augpipe', 'cannot be given with --aug=noaug')
     augpipe = o.augpipe if o.augpipe is not None else 'bgc'
     _require(augpipe in AUGPIPE_CHOICES, '--augpipe', f'must be one of {", ".join(AUGPIPE_CHOICES)}')
@@ -433,6 +442,10 @@ def _extras(o, args, info):
 
     if o.ada_p_max is not None:
         args.ada_p_max = o.ada_p_max
+
+    if o.ema_kimg is not None:
+        _require(o.ema_kimg > 0, '--ema-kimg', f'must be > 0, got {o.ema_kimg}')
+        args.ema_kimg = o.ema_kimg
 
     # kimg snapshot points: each must be reached before training stops.
     points = parse_kimg_list(o.snap_kimg)
