@@ -120,15 +120,18 @@ def atomic_write_text(path, text: str):
         f.write(text)
 
 
+def update_hash_from_file(h, f, chunk=1 << 20):
+    """Feed the rest of binary file object `f` into hash `h` in `chunk`-byte reads (bounded memory)."""
+    while True:
+        block = f.read(chunk)
+        if not block:
+            return h
+        h.update(block)
+
+
 def sha256_file(path, chunk=1 << 20) -> str:
-    h = hashlib.sha256()
     with open(path, 'rb') as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
+        return update_hash_from_file(hashlib.sha256(), f, chunk).hexdigest()
 
 
 # ----------------------------------------------------------------------------

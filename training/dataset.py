@@ -327,11 +327,7 @@ class ImageFolderDataset(Dataset):
                 # stream unambiguous (no two different file sets produce the same bytes).
                 h.update(fname.encode('utf-8') + b'\0' + str(self._file_size(fname)).encode('ascii') + b'\0')
                 with self._open_file(fname) as f:
-                    while True:
-                        block = f.read(_HASH_CHUNK)
-                        if not block:
-                            break
-                        h.update(block)
+                    dnnlib.util.update_hash_from_file(h, f, _HASH_CHUNK)
             self._content_hash = h.hexdigest()
         return self._content_hash
 
