@@ -35,3 +35,16 @@ def device():
     import torch
     name = os.environ.get('TEST_DEVICE') or ('cuda' if torch.cuda.is_available() else 'cpu')
     return torch.device(name)
+
+
+@pytest.fixture
+def fresh_training_stats():
+    """Empty torch_utils.training_stats accumulators (process globals) before and after a test."""
+    from torch_utils import training_stats
+
+    def clear():
+        training_stats._pending.clear()
+        training_stats._cumulative.clear()
+    clear()
+    yield
+    clear()

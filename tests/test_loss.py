@@ -71,13 +71,7 @@ def _has_grad(module):
     return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
-@pytest.fixture(autouse=True)
-def _fresh_stats():
-    training_stats._pending.clear()
-    training_stats._cumulative.clear()
-    yield
-    training_stats._pending.clear()
-    training_stats._cumulative.clear()
+pytestmark = pytest.mark.usefixtures('fresh_training_stats')  # the accumulators are process globals
 
 # ---------------------------------------------------------------------------------------------
 # Phases.

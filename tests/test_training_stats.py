@@ -12,14 +12,7 @@ import torch
 from torch_utils import training_stats
 
 
-@pytest.fixture(autouse=True)
-def _fresh_stats():
-    """Each test starts with empty module state (the accumulators are process globals)."""
-    training_stats._pending.clear()
-    training_stats._cumulative.clear()
-    yield
-    training_stats._pending.clear()
-    training_stats._cumulative.clear()
+pytestmark = pytest.mark.usefixtures('fresh_training_stats')  # the accumulators are process globals
 
 
 def test_mean_std_match_numpy():
