@@ -577,6 +577,10 @@ def _easydicts(obj):
     return obj
 
 
+# Option keys newer versions add; a stored run without them is compared without them.
+_ADDED_LATER = ('resume_pkl_sha256',)
+
+
 def find_continuable_run(outdir, args, has_unfinished_state):
     """Most recent run in `outdir` with the same options and an unfinished training state.
 
@@ -608,6 +612,3 @@ def find_continuable_run(outdir, args, has_unfinished_state):
             return path
     return None
 
-
-# Option keys newer versions add; a stored run without them is compared without them.
-_ADDED_LATER = ('resume_pkl_sha256',)
