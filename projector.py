@@ -30,6 +30,7 @@ import PIL.Image
 import torch
 
 import dnnlib
+from metrics import vgg16
 
 # ----------------------------------------------------------------------------
 # Inputs.
@@ -115,15 +116,18 @@ def w_statistics(G, num_samples, device):
 
 def lpips_input(images_0_255):
     """Float images in [0, 255] -> at most 256 px (area downsampling, as upstream)."""
-    from metrics.vgg16 import LPIPS_MAX_SIZE
-    if images_0_255.shape[2] > LPIPS_MAX_SIZE:
-        images_0_255 = torch.nn.functional.interpolate(images_0_255, size=(LPIPS_MAX_SIZE, LPIPS_MAX_SIZE),
-                                                       mode='area')
+    size = vgg16.LPIPS_MAX_SIZE
+    if images_0_255.shape[2] > size:
+        images_0_255 = torch.nn.functional.interpolate(images_0_255, size=(size, size), mode='area')
     return images_0_255
 
 
-def _noise_buffers(G):
-    return [buf for name, buf in G.synthesis.named_buffers() if name.endswith('noise_const')]
+def _fresh_noise_maps(G, gen):
+    """G's noise_const buffers, refilled with N(0, 1) from `gen` and made trainable (G must be a copy)."""
+    maps = [buf for name, buf in G.synthesis.named_buffers() if name.endswith('noise_const')]
+    for buf in maps:
+        buf.copy_(torch.randn(buf.shape, generator=gen, device=buf.device)).requires_grad_(True)
+    return maps
 
 
 def _synthesis_kwargs(device):
@@ -133,7 +137,6 @@ def _synthesis_kwargs(device):
 
 def _loss(G, vgg, ws, target_features, noise_maps, regularize_noise_weight):
     """(LPIPS distance, total loss) of the image of ws [1, num_ws, w_dim]."""
-    from metrics import vgg16
     synth = (G.synthesis(ws, **_synthesis_kwargs(ws.device)) + 1) * (255 / 2)
     dist = (target_features - vgg16.lpips_features(vgg, lpips_input(synth))).square().sum()
     return dist, dist + noise_regularization(noise_maps) * regularize_noise_weight
@@ -157,7 +160,6 @@ def project(G, target, *, num_steps=1000, w_avg_samples=10000, initial_learning_
         float32 tensor [num_steps, num_ws, w_dim] on the CPU: w after every step (the last row is the result).
     """
     import tqdm
-    from metrics import vgg16
     assert tuple(target.shape) == (G.img_channels, G.img_resolution, G.img_resolution), f'bad target {list(target.shape)}'
     device = torch.device(device)
     vgg = vgg or vgg16.load_vgg16(device)
@@ -168,9 +170,7 @@ def project(G, target, *, num_steps=1000, w_avg_samples=10000, initial_learning_
         target_features = vgg16.lpips_features(vgg, lpips_input(target[None].to(device).to(torch.float32)))
 
     w_opt = w_avg.clone().requires_grad_(True)  # [1, 1, w_dim], broadcast to every layer
-    noise_maps = _noise_buffers(G)
-    for buf in noise_maps:
-        buf.copy_(torch.randn(buf.shape, generator=gen, device=device)).requires_grad_(True)
+    noise_maps = _fresh_noise_maps(G, gen)
     optimizer = torch.optim.Adam([w_opt] + noise_maps, betas=(0.9, 0.999), lr=initial_learning_rate)
     w_out = torch.zeros([num_steps, 1, G.w_dim], dtype=torch.float32)
     bar = tqdm.tqdm(range(num_steps), desc='Projecting', unit='step', disable=not verbose)
@@ -309,7 +309,6 @@ def make_outdir(outdir):
 def _setup(network_pkl, target_fname, device):
     """(G, target PIL image, VGG16) or a one-line click error naming the flag."""
     from generate import resolve_device
-    from metrics import vgg16
     try:
         dev = resolve_device(device)
     except ValueError as e:

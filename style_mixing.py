@@ -60,8 +60,11 @@ def mixed_ws(w_dict, row_seeds, col_seeds, styles):
 def render(G, w, noise_mode, noise_seed, device):
     """PIL image of one w [num_ws, w_dim]; 'random' noise is drawn from torch's RNG seeded by noise_seed."""
     kwargs = dict(noise_mode=noise_mode, force_fp32=device.type != 'cuda')  # fp16 only pays off on CUDA
-    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-        torch.manual_seed(noise_seed)
+    if noise_mode == 'random':  # the caller's RNG state is left as it was
+        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+            torch.manual_seed(noise_seed)
+            img = G.synthesis(w[None].to(device), **kwargs)
+    else:
         img = G.synthesis(w[None].to(device), **kwargs)
     pixels = (img[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()  # [HWC]
     return PIL.Image.fromarray(pixels[:, :, 0], 'L') if pixels.shape[2] == 1 else PIL.Image.fromarray(pixels, 'RGB')

@@ -118,6 +118,12 @@ def test_wrong_size_target_is_centre_cropped_and_resized(tmp_path):
     got = projector.prepare_target(tall, 16, channels=1)
     assert got.mode == 'L' and got.tobytes() == want.tobytes()
 
+def test_lpips_input_area_downsamples_only_above_256():
+    x = torch.rand(1, 3, 512, 512) * 255
+    torch.testing.assert_close(projector.lpips_input(x), torch.nn.functional.avg_pool2d(x, 2))
+    small = torch.rand(1, 3, 256, 256)
+    assert projector.lpips_input(small) is small
+
 # ----------------------------------------------------------------------------
 # A real projection.
 
@@ -186,6 +192,20 @@ def test_project_function_returns_every_step(tiny, standin):
     assert not torch.equal(w_steps[0], w_steps[-1])
     for name, buf in G.synthesis.named_buffers():   # the caller's network is left alone
         assert not buf.requires_grad, name
+
+def test_grayscale_network_projects_to_L_images(standin, tmp_path):
+    networks = pytest.importorskip('training.networks')
+    torch.manual_seed(1)
+    G = networks.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=1, mapping_kwargs=dict(num_layers=1),
+                           synthesis_kwargs=dict(channel_base=64, channel_max=8, num_fp16_res=0, conv_clamp=None))
+    pkl = _save(tmp_path / 'gray.pkl', G=G, G_ema=G)
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / 't.png')
+    result = _run('--network', pkl, '--target', os.fspath(tmp_path / 't.png'), '--num-steps', '3', '--save-video', 'false',
+                  '--outdir', os.fspath(tmp_path / 'o'))
+    assert result.exit_code == 0, result.output
+    for name in ('target.png', 'proj.png'):
+        img = PIL.Image.open(tmp_path / 'o' / name)
+        assert img.mode == 'L' and img.size == (16, 16)
 
 # ----------------------------------------------------------------------------
 # Video.
