@@ -291,3 +291,16 @@ def test_missing_vgg16_is_one_line_saying_where_to_put_it(tiny, tmp_path, monkey
     result = _run('--network', pkl, '--target', target, '--outdir', os.fspath(tmp_path / 'out'))
     _one_line_error(result, 'vgg16.pt', vgg16.vgg16_cache_path())
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.gpu
+def test_projection_on_cuda_gets_closer(tiny, standin, tmp_path):
+    pkl, G, _, target = tiny
+    result = CliRunner().invoke(projector.main, ['--network', pkl, '--target', target, '--num-steps', str(STEPS),
+                                                 '--save-video', 'false', '--device', 'cuda',
+                                                 '--outdir', os.fspath(tmp_path / 'out')])
+    assert result.exit_code == 0, result.output
+    w_avg, _ = projector.w_statistics(G, 10000, torch.device('cpu'))
+    start = projector.synthesize_uint8(G, w_avg.repeat(1, G.num_ws, 1), torch.device('cpu')).astype(np.float64)
+    goal = _pixels(target)
+    assert np.square(_pixels(tmp_path / 'out' / 'proj.png') - goal).mean() < 0.5 * np.square(start - goal).mean()

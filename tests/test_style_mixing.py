@@ -138,3 +138,15 @@ def test_bad_input_is_one_line(tiny, tmp_path):
         result = _run(pkl, out, *[a for kv in args.items() for a in kv])
         assert result.exit_code == 2 and flag in result.output, result.output
     assert not out.exists()
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_within_a_grey_level(tiny, tmp_path):
+    pkl, _ = tiny
+    for device in ('cpu', 'cuda'):
+        result = CliRunner().invoke(style_mixing.main, ['--network', pkl, '--rows', '1-2', '--cols', '3',
+                                                        '--device', device, '--outdir', os.fspath(tmp_path / device)])
+        assert result.exit_code == 0, result.output
+    for name in os.listdir(tmp_path / 'cpu'):
+        diff = np.abs(_img(tmp_path / 'cpu' / name).astype(int) - _img(tmp_path / 'cuda' / name).astype(int))
+        assert diff.max() <= 2, name
