@@ -13,7 +13,7 @@ import torch
 
 from dnnlib import util
 from . import metric_utils
-from .detector import resolve_vgg16
+from .vgg16 import load_vgg16, lpips_features
 
 
 def slerp(a, b, t):
@@ -105,9 +105,9 @@ def path_length_samples(opts, lpips, num_samples, epsilon, space, sampling, crop
 def compute_ppl(opts, num_samples, epsilon, space, sampling, crop, batch_size, lpips=None) -> float:
     """PPL of opts.G; `lpips` defaults to NVIDIA's VGG16 LPIPS (must be cached or downloadable)."""
     if lpips is None:
-        vgg = resolve_vgg16(opts.device)
+        vgg = load_vgg16(opts.device)
         opts.detector_used = vgg
-        lpips = lambda img: vgg.module(img, resize_images=False, return_lpips=True)  # noqa: E731
+        lpips = lambda img: lpips_features(vgg, img)  # noqa: E731
     dist = path_length_samples(opts, lpips, num_samples, epsilon, space, sampling, crop, batch_size)
     if opts.rank != 0:
         return float('nan')

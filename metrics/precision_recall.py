@@ -10,7 +10,7 @@ probes = generated; recall swaps the roles. Features are VGG16 features (anchor:
 import torch
 
 from . import metric_utils
-from .detector import resolve_vgg16
+from .vgg16 import load_vgg16
 
 
 def _pairwise_distances(a, b, col_batch_size):
@@ -52,7 +52,7 @@ def precision_recall(real_features, gen_features, nhood_size=3, row_batch_size=1
 
 def compute_pr(opts, max_real, num_gen, nhood_size, row_batch_size, col_batch_size):
     """Precision and recall with NVIDIA's VGG16 features (fp16 on CUDA, as upstream)."""
-    detector = resolve_vgg16(opts.device)
+    detector = load_vgg16(opts.device)
     opts.detector_used = detector
     real = metric_utils.compute_feature_stats_for_dataset(
         opts=opts, detector=detector, capture_all=True, max_items=max_real).get_all_torch().to(opts.device)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROOT_SCRIPTS = {'train', 'generate', 'calc_metrics', 'dataset_tool', 'legacy'}
+ROOT_SCRIPTS = {'train', 'generate', 'calc_metrics', 'dataset_tool', 'legacy', 'projector', 'style_mixing'}
 PROJECT = {'dnnlib', 'torch_utils', 'schedulers', 'training', 'patches', 'metrics', 'scripts'} | ROOT_SCRIPTS
 
 # package -> project packages it may import (itself always allowed)

@@ -25,6 +25,8 @@ COMMANDS = [
     ('train', ['train.py', '--help']),
     ('generate', ['generate.py', '--help']),
     ('calc_metrics', ['calc_metrics.py', '--help']),
+    ('projector', ['projector.py', '--help']),
+    ('style_mixing', ['style_mixing.py', '--help']),
     ('dataset_tool', ['dataset_tool.py', '--help']),
     ('dataset_tool-celebamask', ['dataset_tool.py', 'celebamask', '--help']),
     ('dataset_tool-verify', ['dataset_tool.py', 'verify', '--help']),
