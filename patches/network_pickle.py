@@ -143,7 +143,9 @@ def _load_storage_blob(data):
 
 
 def _first_line(exc, limit=160):
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    # torch's weights-only refusal explains itself at length; the line naming the global is the one to keep.
+    text = next((line.strip() for line in lines if 'Unsupported global' in line), lines[0])
     return text if len(text) <= limit else text[:limit] + '...'
 
 
@@ -328,10 +330,15 @@ def safe_load(file):
         raise NetworkPickleError(f'not a valid network pickle ({type(e).__name__}: {_first_line(e, 100)})') from None
 
 
+_LEGACY_TORCH_SAVE = b'\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19'  # its magic number
+
+
 def _sniff(head):
     """A one-line reason when the first bytes show the file is no pickle at all, else None."""
     if not head:
         return 'the file is empty'
+    if head.startswith(_LEGACY_TORCH_SAVE):
+        return 'the file is a torch.save checkpoint (legacy format), not a network pickle'
     if head.startswith(b'PK\x03\x04') or head.startswith(b'PK\x05\x06'):
         return ('the file is a zip archive (a torch.save checkpoint or a dataset?), not a network pickle')
     if head.startswith(b'\x80') and (len(head) < 2 or head[1] > pickle.HIGHEST_PROTOCOL):
@@ -530,7 +537,7 @@ def _read(f_or_path_or_url):
 
 
 def _load_bytes_like(buf):
-    reason = _sniff(buf.read(4))
+    reason = _sniff(buf.read(len(_LEGACY_TORCH_SAVE)))
     if reason:
         raise NetworkPickleError(reason)
     buf.seek(0)
@@ -560,6 +567,8 @@ def _split_entries(data):
             pickle_rules.check_plain(value, short(key)[1:-1])
         except PickleContentError as e:
             raise NetworkPickleError(str(e)) from None
+    if all(result[key] is None for key in _MODULE_KEYS):
+        raise NetworkPickleError('the pickle holds no networks (G, D, G_ema or augment_pipe)')
     tsk = result['training_set_kwargs']
     if tsk is not None and not isinstance(tsk, dict):
         raise NetworkPickleError(f'training_set_kwargs: expected a dict, got {type(tsk).__name__}')

@@ -55,21 +55,25 @@ def check_plain(value, what, max_nodes=MAX_NODES, max_depth=MAX_DEPTH):
     _walk(value, what, 0, budget, max_depth)
 
 
+def _cut(where, limit=80):
+    return where if len(where) <= limit else where[:limit] + '...'
+
+
 def _walk(value, where, depth, budget, max_depth):
     budget[0] -= 1
     if budget[0] < 0:
-        raise PickleContentError(f'{where}: more than {MAX_NODES} values (a self-referencing or '
+        raise PickleContentError(f'{_cut(where)}: more than {MAX_NODES} values (a self-referencing or '
                                  f'shared-structure bomb?)')
     if depth > max_depth:
-        raise PickleContentError(f'{where}: nested deeper than {max_depth} levels')
+        raise PickleContentError(f'{_cut(where)}: nested deeper than {max_depth} levels')
     if isinstance(value, _LEAVES + (np.integer, np.floating, np.bool_)):
         if isinstance(value, str) and len(value) > MAX_STR:
-            raise PickleContentError(f'{where}: string of {len(value)} characters (limit {MAX_STR})')
+            raise PickleContentError(f'{_cut(where)}: string of {len(value)} characters (limit {MAX_STR})')
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise PickleContentError(f'{where}: dict key of type {type(key).__name__} (only str keys)')
+                raise PickleContentError(f'{_cut(where)}: dict key of type {type(key).__name__} (only str keys)')
             _walk(key, where, depth + 1, budget, max_depth)
             _walk(item, f'{where}.{short(key, 30)}', depth + 1, budget, max_depth)
         return
@@ -77,7 +81,7 @@ def _walk(value, where, depth, budget, max_depth):
         for index, item in enumerate(value):
             _walk(item, f'{where}[{index}]', depth + 1, budget, max_depth)
         return
-    raise PickleContentError(f'{where}: values of type {type(value).__name__} are not allowed here')
+    raise PickleContentError(f'{_cut(where)}: values of type {type(value).__name__} are not allowed here')
 
 
 # ----------------------------------------------------------------------------
