@@ -270,6 +270,8 @@ def _short_reason(exc, limit=160) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if 'NameResolutionError' in text or 'Failed to resolve' in text:
         return 'host name not resolved (offline?)'
+    if any(word in text for word in ('ProxyError', 'Connection refused', 'Max retries exceeded', 'timed out')):
+        return 'cannot connect (offline, or blocked by a proxy or firewall?)'
     return text if len(text) <= limit else text[:limit] + '...'
 
 
