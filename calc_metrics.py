@@ -196,7 +196,7 @@ def parse_comma_list(ctx, param, value):
 
 @click.command()
 @click.option('--network', 'network', metavar='PKL|URL|RUN_DIR', required=True,
-              help='Snapshot pickle, URL, resume name (e.g. ffhq512), or a run directory (evaluates every network-snapshot-*.pkl)')
+              help='Snapshot pickle, URL, resume name (ffhq512, ...) or run directory (all network-snapshot-*.pkl)')
 @click.option('--metrics', metavar='LIST', default='fid50k_full', show_default=True, callback=parse_comma_list,
               help='Comma-separated metrics, or "none"')
 @click.option('--data', metavar='PATH', help='Real dataset (zip or directory) [default: the training set in the pickle]')

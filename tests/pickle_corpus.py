@@ -149,13 +149,20 @@ def _torch_save(obj, zip_format=True):
 
 def build_corpus(sentinel_dir):
     """Every crafted pickle (see module docstring). Names are unique."""
+    cases = []
+    add = lambda name, data, pattern: cases.append(Case(name, data, pattern))  # noqa: E731
+    for make in (_code_cases, _argument_cases, _bomb_cases, _build_cases, _dtype_cases, _file_cases):
+        make(add, sentinel_dir)
+    names = [c.name for c in cases]
+    assert len(names) == len(set(names)), 'duplicate case names'
+    return cases
+
+
+def _code_cases(add, sentinel_dir):
+    """Code-running globals, every protocol, at top level and hidden inside an otherwise valid snapshot."""
     sentinel = os.path.join(sentinel_dir, 'pwned')
     touch = f'touch {sentinel}'
     pyopen = f'open({sentinel!r}, "w")'
-    cases = []
-    add = lambda name, data, pattern: cases.append(Case(name, data, pattern))  # noqa: E731
-
-    # Code-running globals, every protocol, at top level and hidden inside an otherwise valid snapshot.
     for protocol in range(6):
         add(f'os.system-p{protocol}', pickle.dumps(Reduce(os.system, (touch,)), protocol=protocol), r'global .*system')
     add('eval', pickle.dumps(Reduce(eval, (pyopen,)), protocol=2), r'global (builtins|__builtin__)\.eval')
@@ -178,7 +185,9 @@ def build_corpus(sentinel_dir):
                                                     (pickle.dumps(Reduce(os.system, (touch,)), protocol=2),)), 3),
         r'weights-only')
 
-    # Hostile constructor arguments (the issue's denial-of-service cases first).
+
+def _argument_cases(add, sentinel_dir):
+    """Hostile constructor arguments (the issue's denial-of-service cases first)."""
     add('z_w_dim_30000', _with_kwargs(z_dim=30000, w_dim=30000), r'argument z_dim=30000 must be an integer in')
     add('mapping_layers_1e7', _with_kwargs(**{'mapping_kwargs.num_layers': 10 ** 7}),
         r'argument mapping_kwargs\.num_layers=10000000 must be')
@@ -201,11 +210,14 @@ def build_corpus(sentinel_dir):
     add('channels_vs_tensors', _with_kwargs(**{'synthesis_kwargs.channel_max': 4096,
                                                'synthesis_kwargs.channel_base': 1 << 22}), r'weights, but the pickle')
 
-    # Bombs: shared or self-referencing structures, deep nesting, huge declared lengths.
+
+def _bomb_cases(add, sentinel_dir):
+    """Bombs: shared or self-referencing structures, deep nesting, huge declared lengths."""
     add('tsk-self-list', snapshot_bytes(training_set_kwargs={'path': _self_list()}), r'training_set_kwargs')
     add('tsk-laughs', snapshot_bytes(training_set_kwargs={'path': _laughs()}), r'more than 100000 values')
     add('extra-entry-laughs', snapshot_bytes(cur_nimg=_laughs()), r'cur_nimg.*more than 100000 values')
-    add('init-kwargs-laughs', _with_kwargs(**{'mapping_kwargs.embed_features': _laughs()}), r'more than 100000|nested deeper than')
+    add('init-kwargs-laughs', _with_kwargs(**{'mapping_kwargs.embed_features': _laughs()}),
+        r'more than 100000|nested deeper than')
     add('deep-dict', snapshot_bytes(training_set_kwargs=_deep_dict(200)), r'nested deeper than')
     add('deep-records', pickle.dumps(dict(G=Record(_deep_records(40))), protocol=4), r'nested deeper than 16')
     add('bytearray8', b'\x80\x05\x96' + struct.pack('<Q', 10 ** 10) + b'.', r'protocol-5 buffer')
@@ -214,8 +226,9 @@ def build_corpus(sentinel_dir):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)  # TypedStorage deprecation notice
         storage = torch.TypedStorage(4, dtype=torch.float32)
+    hooks = collections.OrderedDict()
     add('view-bomb', pickle.dumps(Reduce(torch._utils._rebuild_tensor_v2,
-                                         (storage, 0, (100000, 100000), (100000, 1), False, collections.OrderedDict())), 2),
+                                         (storage, 0, (100000, 100000), (100000, 1), False, hooks)), 2),
         r'does not fit its storage')
     add('view-broadcast', pickle.dumps(Reduce(torch._utils._rebuild_tensor_v2,
                                               (storage, 0, (10 ** 9,), (0,), False, collections.OrderedDict())), 2),
@@ -224,24 +237,31 @@ def build_corpus(sentinel_dir):
                                              (storage, 0, (4,), (-1,), False, collections.OrderedDict())), 2),
         r'negative')
 
-    # BUILD on classes, functions and other objects (would mutate them process-wide).
-    add('build-easydict-class', _build_on(_global('dnnlib.util', 'EasyDict'), '__getattr__', _global('_codecs', 'encode')),
+
+def _build_cases(add, sentinel_dir):
+    """BUILD on classes, functions and other objects (would mutate them process-wide)."""
+    add('build-easydict-class',
+        _build_on(_global('dnnlib.util', 'EasyDict'), '__getattr__', _global('_codecs', 'encode')),
         r'BUILD.*class EasyDict')
     add('build-function-defaults', _build_on(_global('torch._utils', '_rebuild_tensor_v2'), '__defaults__', b')'),
         r'BUILD.*function')
     add('build-ordereddict-class', _build_on(_global('collections', 'OrderedDict'), 'fromkeys', b'N'), r'BUILD.*class')
-    add('build-dict-instance', _build_on(_global('collections', 'OrderedDict') + b')R', 'x', b'N'), r'BUILD.*OrderedDict')
+    add('build-dict-instance', _build_on(_global('collections', 'OrderedDict') + b')R', 'x', b'N'),
+        r'BUILD.*OrderedDict')
     add('build-torch-dtype', _build_on(_global('torch', 'float32'), 'is_floating_point', b'N'), r'BUILD')
     add('build-easydict-instance', _build_on(_global('dnnlib.util', 'EasyDict') + b')R', '__class__', b'N'),
         r'BUILD.*EasyDict')
     add('build-record', pickle.dumps(dict(G=RecordWithState(_meta(tiny_generator()))), protocol=4), r'BUILD.*Record')
 
-    # Tensor dtypes and values that do not fit the parameter they fill.
+
+def _dtype_cases(add, sentinel_dir):
+    """Tensor dtypes and values that do not fit the parameter they fill."""
     add('float64-overflow', _with_tensor('_parameters', 'mapping.fc0', 'weight',
                                          torch.full([16, 16], 1e300, dtype=torch.float64)), r'overflow')
     add('int64-param', _with_tensor('_parameters', 'mapping.fc0', 'bias', torch.zeros(16, dtype=torch.int64)),
         r'mapping\.fc0\.bias: dtype torch\.int64 cannot fill')
-    add('complex-param', _with_tensor('_parameters', 'mapping.fc0', 'weight', torch.zeros(16, 16, dtype=torch.complex64)),
+    add('complex-param',
+        _with_tensor('_parameters', 'mapping.fc0', 'weight', torch.zeros(16, 16, dtype=torch.complex64)),
         r'mapping\.fc0\.weight is complex')
     add('bool-param', _with_tensor('_parameters', 'mapping.fc1', 'bias', torch.zeros(16, dtype=torch.bool)),
         r'mapping\.fc1\.bias: dtype torch\.bool')
@@ -252,7 +272,9 @@ def build_corpus(sentinel_dir):
     add('param-hooks', pickle.dumps(Reduce(torch._utils._rebuild_parameter,
                                            (torch.zeros(2), False, collections.OrderedDict(a=1))), 2), r'hooks')
 
-    # Files that are not network pickles at all.
+
+def _file_cases(add, sentinel_dir):
+    """Files that are not network pickles at all."""
     valid = snapshot_bytes()
     add('empty', b'', r'empty')
     add('truncated', valid[:len(valid) // 2], r'ends early|not a valid')
@@ -267,10 +289,6 @@ def build_corpus(sentinel_dir):
     add('tensorflow', b'\x80\x03cdnnlib.tflib.network\nNetwork\nq\x00)\x81q\x01}q\x02b.', r'TensorFlow-era')
     add('unknown-class', pickle.dumps(dict(G=Record(dict(_meta(tiny_generator()), class_name='Evil\nNet' * 50))), 4),
         r'unknown network class')
-    names = [c.name for c in cases]
-    assert len(names) == len(set(names)), 'duplicate case names'
-    return cases
-
 
 def _deep_dict(depth):
     value = {}

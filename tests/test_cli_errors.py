@@ -9,7 +9,6 @@ is not permitted); an in-process ENOSPC case covers them everywhere.
 import errno
 import io
 import os
-import pickle
 import subprocess
 import sys
 import zipfile

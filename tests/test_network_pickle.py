@@ -402,4 +402,5 @@ def test_loader_needs_registered_classes_but_never_imports_them():
         assert not any(m.split('.')[0] == 'training' for m in mods), mods
     G, _ = _tiny_nets()
     with pytest.raises(NetworkPickleError, match=r"unknown network class 'NotRegistered'.*Generator"):
-        network_pickle.load_network_pkl(io.BytesIO(_meta_with(G, lambda m: m.__setitem__('class_name', 'NotRegistered'))))
+        raw = _meta_with(G, lambda m: m.__setitem__('class_name', 'NotRegistered'))
+        network_pickle.load_network_pkl(io.BytesIO(raw))

@@ -96,7 +96,8 @@ def test_arguments_are_checked_before_anything_is_built(tmp_path, monkeypatch):
     dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=256, img_channels=3,
          mapping_kwargs=dict(num_layers=8), synthesis_kwargs=dict(channel_base=16384, channel_max=512)),
     dict(z_dim=64, c_dim=10, w_dim=128, img_resolution=64, img_channels=1,
-         mapping_kwargs=dict(num_layers=2, embed_features=32), synthesis_kwargs=dict(channel_base=4096, channel_max=128)),
+         mapping_kwargs=dict(num_layers=2, embed_features=32),
+         synthesis_kwargs=dict(channel_base=4096, channel_max=128)),
 ])
 def test_weight_estimate_tracks_the_real_networks(kwargs):
     """The estimate is a close lower bound of the true count (so honest pickles pass, big claims do not)."""
