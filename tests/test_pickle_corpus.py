@@ -144,3 +144,19 @@ def _write(tmp_path, raw, name='net.pkl'):
     path = tmp_path / name
     path.write_bytes(raw)
     return str(path)
+
+
+def test_every_constructor_argument_of_a_top_level_class_has_a_rule():
+    """A new argument of G, D or the augment pipe needs a range in pickle_rules.ARG_RULES, or pickles
+    recording it would be refused as 'unknown constructor argument'."""
+    import inspect
+    from training import augment
+    for cls in (networks.Generator, networks.Discriminator, augment.AugmentPipe):
+        params = [p for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        missing = [p.name for p in params if p.name not in pickle_rules.ARG_RULES]
+        assert not missing, (cls.__name__, missing)
+        defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        if defaults:  # the defaults themselves are in range
+            pickle_rules.check_init_args({k: v for k, v in defaults.items()
+                                          if pickle_rules.ARG_RULES[k] != 'nested' or isinstance(v, dict)})
