@@ -14,11 +14,11 @@ import re
 import tempfile
 
 import click
-import torch
 
 import dnnlib
-from metrics import metric_main
-from metrics.detector import DetectorUnavailable
+
+# torch, the metrics and the network code are imported inside the functions that need them, so that
+# `--help` and argument errors answer at once.
 
 SNAPSHOT_RE = re.compile(r'network-snapshot-(\d+)\.pkl$')
 
@@ -50,6 +50,7 @@ def list_snapshots(network):
 
 def already_reported(run_dir, metric, snapshot_pkl, num_gen):
     """Whether metric-<metric>.jsonl already has a line for this snapshot and generated-image count."""
+    from metrics import metric_main
     path = os.path.join(run_dir, f'metric-{metric}.jsonl')
     if not os.path.isfile(path):
         return False
@@ -69,10 +70,18 @@ def already_reported(run_dir, metric, snapshot_pkl, num_gen):
 
 
 def dataset_kwargs_for(data, snapshot, G, mirror):
-    """Real-set kwargs: --data, else the snapshot's training set; resolution and labels follow G."""
+    """Real-set kwargs: --data, else the snapshot's training set; resolution and labels follow G.
+
+    A pickle's training_set_kwargs is data only: it may name nothing but our own dataset class.
+    """
+    from patches import pickle_rules
     if data is not None:
         kwargs = dnnlib.util.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data)
     elif snapshot.get('training_set_kwargs') is not None:
+        try:
+            pickle_rules.check_dataset_kwargs(snapshot['training_set_kwargs'])
+        except pickle_rules.PickleContentError as e:
+            raise click.ClickException(f'{e}: pass --data to name the real dataset') from None
         kwargs = dnnlib.util.EasyDict(copy.deepcopy(snapshot['training_set_kwargs']))
     else:
         raise click.ClickException('--data is required: the network pickle does not name its training set')
@@ -83,13 +92,50 @@ def dataset_kwargs_for(data, snapshot, G, mirror):
     return kwargs
 
 
+def open_dataset(dataset_kwargs, label):
+    """Build the real dataset once, so that an empty, non-square or mismatched set fails before any
+    detector download; errors become one line naming `label` (the flag or the pickle's training set)."""
+    from metrics import metric_utils
+    try:
+        dataset = metric_utils.construct_dataset(dataset_kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise click.ClickException(f'{label}: {_one_line(e)}') from None
+    _, height, width = dataset.image_shape
+    if height != width:
+        raise click.ClickException(f'{label}: images are {width}x{height}; metrics need square images')
+    if len(dataset) == 0:
+        raise click.ClickException(f'{label}: the dataset has no images')
+    return dataset
+
+
+def _one_line(err):
+    if isinstance(err, OSError) and err.errno is not None:
+        return dnnlib.util.os_error_line(err)
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def load_snapshot(network):
+    """The network pickle, loaded safely; a bad file or failed download is one line naming it."""
+    import training.augment  # noqa: F401  (the loader builds registered classes only)
+    import training.networks  # noqa: F401
+    from patches.network_pickle import NetworkPickleError, load_network_pkl
+    try:
+        return load_network_pkl(network)
+    except NetworkPickleError as e:
+        raise click.ClickException(f'--network {network}: {e}') from None
+    except OSError as e:
+        raise click.ClickException(f'--network {network}: {_one_line(e)}') from None
+
+
 def evaluate(rank, args):
     """Evaluate every requested (snapshot, metric) pair in one process (rank of args.num_gpus)."""
-    from patches.network_pickle import load_network_pkl  # lazy: --help works without the network code
+    import torch
+    from metrics import metric_main
 
     device = torch.device(args.device, rank) if args.device == 'cuda' else torch.device('cpu')
     torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = False   # upstream evaluates with TF32 off (anchor B7.10)
+    torch.backends.cuda.matmul.allow_tf32 = False   # upstream evaluates with TF32 off
     torch.backends.cudnn.allow_tf32 = False
     verbose = args.verbose and rank == 0
     num_gen = args.num_gen or metric_main.STANDARD_NUM_GEN
@@ -104,9 +150,12 @@ def evaluate(rank, args):
             continue
         if verbose:
             print(f'Loading network from "{network}"...')
-        snapshot = load_network_pkl(network)
+        snapshot = load_snapshot(network)
         G = snapshot['G_ema']
+        if G is None:
+            raise click.ClickException(f'--network {network}: the pickle holds no G_ema')
         dataset_kwargs = dataset_kwargs_for(args.data, snapshot, G, args.mirror)
+        open_dataset(dataset_kwargs, '--data' if args.data is not None else 'the pickle\'s training set')
         if verbose:
             print('Dataset options:', json.dumps(dataset_kwargs, default=str))
         for metric in todo:
@@ -123,6 +172,7 @@ def evaluate(rank, args):
 
 def subprocess_fn(rank, args, temp_dir):
     """Entry point of each spawned process: join the process group, then evaluate."""
+    import torch
     init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
     backend = 'nccl' if args.device == 'cuda' and os.name != 'nt' else 'gloo'
     torch.distributed.init_process_group(backend=backend, init_method=f'file://{init_file}', rank=rank,
@@ -146,7 +196,7 @@ def parse_comma_list(ctx, param, value):
 
 @click.command()
 @click.option('--network', 'network', metavar='PKL|URL|RUN_DIR', required=True,
-              help='Snapshot pickle, URL, or a run directory (evaluates every network-snapshot-*.pkl)')
+              help='Snapshot pickle, URL, resume name (ffhq512, ...) or run directory (all network-snapshot-*.pkl)')
 @click.option('--metrics', metavar='LIST', default='fid50k_full', show_default=True, callback=parse_comma_list,
               help='Comma-separated metrics, or "none"')
 @click.option('--data', metavar='PATH', help='Real dataset (zip or directory) [default: the training set in the pickle]')
@@ -165,14 +215,38 @@ def parse_comma_list(ctx, param, value):
 def main(**kwargs):
     """Calculate quality metrics for previously trained networks."""
     args = dnnlib.util.EasyDict(kwargs)
+    check_args(args)
+    if not args.metrics:
+        return
+    import torch
+    from metrics.detector import DetectorUnavailable
+    try:
+        if args.num_gpus == 1:
+            evaluate(0, args)
+        else:
+            with tempfile.TemporaryDirectory() as temp_dir:
+                torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus)
+    except OSError as e:
+        raise click.ClickException(_one_line(e)) from None
+    except (ValueError, DetectorUnavailable) as e:
+        raise click.ClickException(_one_line(e)) from None
+
+
+def check_args(args):
+    """Every check that needs no network or detector: metrics, paths, device, and the --data set itself."""
+    import torch
+    from metrics import metric_main
+    from patches.network_pickle import RESUME_SPECS
     bad = [m for m in args.metrics if not metric_main.is_valid_metric(m)]
     if bad:
         raise click.BadParameter(f'unknown {", ".join(bad)}; valid: {", ".join(metric_main.list_valid_metrics())}',
                                  param_hint='--metrics')
-    if not dnnlib.util.is_url(args.network) and not os.path.exists(args.network):
+    if not (dnnlib.util.is_url(args.network) or os.path.exists(args.network) or args.network in RESUME_SPECS):
         raise click.BadParameter(f'no such file or directory: {args.network}', param_hint='--network')
-    if args.data is not None and not os.path.exists(args.data):
-        raise click.BadParameter(f'no such file or directory: {args.data}', param_hint='--data')
+    if args.data is not None:
+        if not os.path.exists(args.data):
+            raise click.BadParameter(f'no such file or directory: {args.data}', param_hint='--data')
+        open_dataset(dnnlib.util.EasyDict(class_name='training.dataset.ImageFolderDataset', path=args.data), '--data')
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.device == 'cuda' and not torch.cuda.is_available():
@@ -183,17 +257,6 @@ def main(**kwargs):
     args.snapshots = list_snapshots(args.network)
     if not args.snapshots:
         raise click.BadParameter(f'no network-snapshot-*.pkl in {args.network}', param_hint='--network')
-    if not args.metrics:
-        return
-
-    try:
-        if args.num_gpus == 1:
-            evaluate(0, args)
-        else:
-            with tempfile.TemporaryDirectory() as temp_dir:
-                torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus)
-    except (FileNotFoundError, ValueError, DetectorUnavailable) as e:
-        raise click.ClickException(str(e)) from e
 
 
 if __name__ == '__main__':

@@ -18,9 +18,10 @@ import warnings
 import click
 import numpy as np
 import PIL.Image
-import torch
 
 import dnnlib
+
+# torch is imported inside the functions that use it: `--help` and argument errors answer at once.
 
 # ----------------------------------------------------------------------------
 # Argument parsing helpers.
@@ -52,6 +53,7 @@ def parse_seeds(text):
 
 def resolve_device(name):
     """'auto' -> cuda when available, else cpu; 'cuda' without CUDA raises ValueError."""
+    import torch
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if name == 'cuda' and not torch.cuda.is_available():
@@ -71,12 +73,17 @@ def load_generator(network, device):
 
     Returns:
         G_ema in eval mode without gradients.
+
+    Raises:
+        patches.network_pickle.NetworkPickleError: not a network pickle we can build, or no G_ema.
+        OSError: the file cannot be read or downloaded.
     """
-    from patches import network_pickle  # lazy: keeps `--help` and argument errors fast
-    spec = getattr(network_pickle, 'RESUME_SPECS', {}).get(network)
-    if spec is not None:
-        network = spec if isinstance(spec, str) else spec['url']
-    data = network_pickle.load_network_pkl(network)
+    import training.augment  # noqa: F401  (the loader builds registered classes only)
+    import training.networks  # noqa: F401
+    from patches import network_pickle
+    data = network_pickle.load_network_pkl(network_pickle.resolve_resume(network))
+    if data['G_ema'] is None:
+        raise network_pickle.NetworkPickleError('the pickle holds no G_ema')
     return data['G_ema'].to(device).eval().requires_grad_(False)
 
 
@@ -93,6 +100,7 @@ def make_label(G, class_idx, batch_size, device):
     Raises:
         ValueError: class_idx missing for a conditional network, or out of range.
     """
+    import torch
     c = torch.zeros([batch_size, G.c_dim], device=device)
     if G.c_dim == 0:
         if class_idx is not None:
@@ -113,6 +121,7 @@ def seed_latents(seeds, z_dim):
     its seed only, not on the batch it is rendered in. The float64 draw is cast to float32, which is
     what upstream's mapping network does first with its float64 input.
     """
+    import torch
     z = np.concatenate([np.random.RandomState(seed).randn(1, z_dim) for seed in seeds])
     return torch.from_numpy(z.astype(np.float32))
 
@@ -122,6 +131,7 @@ def to_pil(images):
 
     Pixel conversion as upstream: x * 127.5 + 128, clamped to [0, 255], truncated to uint8.
     """
+    import torch
     N, C, H, W = images.shape
     if C not in (1, 3):
         raise ValueError(f'cannot save images with {C} channels (need 1 or 3)')
@@ -151,12 +161,12 @@ def _seeded_noise(noise_mode, seed, device):
     if noise_mode != 'random':
         yield
         return
+    import torch
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
         torch.manual_seed(seed)
         yield
 
 
-@torch.no_grad()
 def generate_images(G, seeds, truncation_psi=1.0, noise_mode='const', class_idx=None, batch_size=8, device=None):
     """Render one image per seed.
 
@@ -173,6 +183,7 @@ def generate_images(G, seeds, truncation_psi=1.0, noise_mode='const', class_idx=
     Yields:
         (seed, PIL.Image) in the order of `seeds`.
     """
+    import torch
     seeds = list(seeds)
     if device is None:
         device = next(G.parameters()).device
@@ -182,12 +193,11 @@ def generate_images(G, seeds, truncation_psi=1.0, noise_mode='const', class_idx=
     kwargs = _synthesis_kwargs(device, noise_mode)
     for chunk in _batches(seeds, batch_size):
         z = seed_latents(chunk, G.z_dim).to(device)
-        with _seeded_noise(noise_mode, chunk[0], device):
+        with _seeded_noise(noise_mode, chunk[0], device), torch.no_grad():
             img = G(z, label.repeat(len(chunk), 1), truncation_psi=truncation_psi, **kwargs)
         yield from zip(chunk, to_pil(img))
 
 
-@torch.no_grad()
 def generate_from_w(G, ws, noise_mode='const', batch_size=8, device=None):
     """Render images from W vectors, e.g. a projector's output.
 
@@ -199,6 +209,7 @@ def generate_from_w(G, ws, noise_mode='const', batch_size=8, device=None):
     Yields:
         (row index, PIL.Image).
     """
+    import torch
     if device is None:
         device = next(G.parameters()).device
     check_ws_shape(G, ws)
@@ -208,7 +219,7 @@ def generate_from_w(G, ws, noise_mode='const', batch_size=8, device=None):
     kwargs = _synthesis_kwargs(device, noise_mode)
     for start in range(0, len(ws), batch_size):
         chunk = ws[start:start + batch_size].to(device)
-        with _seeded_noise(noise_mode, start, device):
+        with _seeded_noise(noise_mode, start, device), torch.no_grad():
             img = G.synthesis(chunk, **kwargs)
         yield from zip(range(start, start + len(chunk)), to_pil(img))
 
@@ -280,9 +291,12 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
 
     if not (dnnlib.util.is_url(network_pkl) or os.path.isfile(network_pkl) or _is_resume_name(network_pkl)):
         raise click.BadParameter(f'no such file: {network_pkl}', param_hint='--network')
+    try:
+        dnnlib.util.ensure_output_dir(outdir)  # before the (possibly downloaded) network is loaded
+    except OSError as err:
+        raise click.ClickException(dnnlib.util.os_error_line(err, '--outdir')) from None
     print(f'Loading network from "{network_pkl}"...')
-    G = load_generator(network_pkl, dev)
-    os.makedirs(outdir, exist_ok=True)
+    G = _load_generator_cli(network_pkl, dev)
 
     # Choose the image source.
     if projected_w is not None:
@@ -307,7 +321,13 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
                                   class_idx=class_idx, batch_size=batch_size, device=dev)
         pattern = 'seed%04d.png'
 
-    # Save.
+    try:
+        _save_all(records, pattern, outdir, grid, grid_cols)
+    except OSError as err:  # e.g. the disk filled up: the file being written is removed, the rest kept
+        raise click.ClickException(dnnlib.util.os_error_line(err, '--outdir')) from None
+
+
+def _save_all(records, pattern, outdir, grid, grid_cols):
     kept = []
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # already reported above
@@ -322,12 +342,21 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
         print('  grid.png')
 
 
-def _is_resume_name(name):
+def _load_generator_cli(network_pkl, device):
+    """load_generator with its failures as one line naming --network."""
+    from patches.network_pickle import NetworkPickleError
     try:
-        from patches import network_pickle
-    except ImportError:
-        return False
-    return name in getattr(network_pickle, 'RESUME_SPECS', {})
+        return load_generator(network_pkl, device)
+    except NetworkPickleError as err:
+        raise click.ClickException(f'--network {network_pkl}: {err}') from None
+    except OSError as err:
+        reason = dnnlib.util.os_error_line(err) if err.errno is not None else str(err).splitlines()[0]
+        raise click.ClickException(f'--network {network_pkl}: {reason}') from None
+
+
+def _is_resume_name(name):
+    from patches.network_pickle import RESUME_SPECS
+    return name in RESUME_SPECS
 
 
 def _load_projected_w(path):

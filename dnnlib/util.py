@@ -4,6 +4,7 @@ This module is the bottom layer: it must not import torch or any other package o
 """
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import os
@@ -99,6 +100,7 @@ def atomic_open(path, mode='wb'):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
     try:
+        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; outputs get the usual 0644 (umask)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -110,6 +112,12 @@ def atomic_open(path, mode='wb'):
         raise
 
 
+def _default_file_mode():
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path, data: bytes):
     with atomic_open(path, 'wb') as f:
         f.write(data)
@@ -118,6 +126,51 @@ def atomic_write_bytes(path, data: bytes):
 def atomic_write_text(path, text: str):
     with atomic_open(path, 'w') as f:
         f.write(text)
+
+
+# ----------------------------------------------------------------------------
+# Output paths: fail early and in one line.
+
+_ERRNO_HINTS = {
+    errno.ENOSPC: 'no space left on device',
+    errno.EDQUOT: 'disk quota exceeded',
+    errno.EROFS: 'read-only file system',
+    errno.EACCES: 'permission denied',
+    errno.EPERM: 'permission denied',
+    errno.ENOTDIR: 'a file is in the way where a directory is needed',
+    errno.EEXIST: 'a file is in the way where a directory is needed',
+}
+
+
+def os_error_line(err: OSError, what=None) -> str:
+    """One line for an OSError on an output path: '<what>: <path>: <reason>', no traceback.
+
+    Args:
+        err: the OSError (its filename, when set, is the path that failed).
+        what: optional label in front, e.g. a flag name such as '--outdir'.
+    """
+    reason = _ERRNO_HINTS.get(err.errno) or err.strerror or str(err) or type(err).__name__
+    parts = [what] if what else []
+    if err.filename is not None:
+        parts.append(os.fspath(err.filename))
+    return ': '.join(parts + [reason])
+
+
+def ensure_output_dir(path) -> str:
+    """Create directory `path` (with parents) and prove it is writable, before any real work starts.
+
+    Raises:
+        OSError (filename set) when a file is in the way, the file system is read-only, or the
+        directory cannot be written; a temporary probe file is never left behind.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    os.makedirs(path, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=path)
+    os.close(fd)
+    os.remove(probe)
+    return path
 
 
 def update_hash_from_file(h, f, chunk=1 << 20):
@@ -217,6 +270,8 @@ def _short_reason(exc, limit=160) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if 'NameResolutionError' in text or 'Failed to resolve' in text:
         return 'host name not resolved (offline?)'
+    if any(word in text for word in ('ProxyError', 'Connection refused', 'Max retries exceeded', 'timed out')):
+        return 'cannot connect (offline, or blocked by a proxy or firewall?)'
     return text if len(text) <= limit else text[:limit] + '...'
 
 

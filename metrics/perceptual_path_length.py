@@ -11,7 +11,6 @@ before averaging (upstream's outlier rule).
 import numpy as np
 import torch
 
-from dnnlib import util
 from . import metric_utils
 from .vgg16 import load_vgg16, lpips_features
 
@@ -65,7 +64,7 @@ def path_length_samples(opts, lpips, num_samples, epsilon, space, sampling, crop
     G = opts.G
     gen = opts.torch_generator(salt=4)
     label_rng = opts.numpy_rng(salt=5)
-    dataset = util.construct_class_by_name(**opts.dataset_kwargs) if G.c_dim > 0 else None
+    dataset = metric_utils.construct_dataset(opts.dataset_kwargs) if G.c_dim > 0 else None
     samples = []
     progress = metric_utils.Progress(opts, 'path lengths', num_samples)
     done = 0

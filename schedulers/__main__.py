@@ -8,6 +8,8 @@
 import argparse
 import sys
 
+from dnnlib.util import os_error_line
+
 from . import KINDS, PAPER_LABELS, PRESETS, describe, lr_at, parse_lr_schedule, usage
 
 
@@ -52,6 +54,9 @@ def _cmd_plot(args, parser):
     schedules = _parse_all(parser, args.spec)
     try:
         plot.plot_schedules(schedules, args.kimg, args.out, points=args.points, title=args.title)
+    except OSError as e:  # unwritable --out, full disk: one line, no usage text, no partial file
+        print(f'{parser.prog}: error: {os_error_line(e, "--out")}', file=sys.stderr)
+        return 1
     except (ValueError, RuntimeError) as e:
         parser.error(str(e))
     print(f'wrote {args.out} ({len(schedules)} curve(s) over {args.kimg:g} kimg)')

@@ -1,11 +1,12 @@
 """Sample schedules on a grid and draw them (matplotlib is imported only when a plot is drawn)."""
 
+import errno
 import io
 import os
 
 import numpy as np
 
-from dnnlib.util import atomic_write_bytes
+from dnnlib.util import atomic_write_bytes, ensure_output_dir
 
 from . import lr_at, preset_name, to_spec, PAPER_LABELS
 
@@ -58,6 +59,13 @@ def _pyplot():
     return plt
 
 
+def _check_output(out):
+    """Fail before drawing: `out` must not be a directory and its folder must be writable."""
+    if os.path.isdir(out):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), out)
+    ensure_output_dir(os.path.dirname(os.path.abspath(out)))
+
+
 def plot_schedules(schedules, total_kimg, out, points=1000, title=None):
     """Draw one curve per schedule, lr against kimg, into an image file (written atomically).
 
@@ -70,7 +78,12 @@ def plot_schedules(schedules, total_kimg, out, points=1000, title=None):
 
     Returns:
         The output path.
+
+    Raises:
+        OSError (filename set) when `out` cannot be written: checked before drawing, and again by the
+        atomic write (e.g. a full disk), which never leaves a partial file.
     """
+    _check_output(out)
     curves = [(label(s), *lr_curve(s, total_kimg, points)) for s in schedules]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -6,6 +6,7 @@ numpy float64 scalars; storages go through torch's own storage pickling.
 """
 
 import collections
+import io
 import os
 import pickle
 import re
@@ -362,3 +363,44 @@ def test_official_pickle_if_cached(name):
     img = _images(G)
     assert img.shape[-1] == G.img_resolution and torch.isfinite(img).all()
     assert data['D'] is not None and data['G'] is not None
+
+
+# ----------------------------------------------------------------------------
+# misc.copy_params_and_buffers: the one copy-by-name function (strict mode used by the loader).
+
+
+def test_copy_params_and_buffers_strict_mode():
+    G, _ = _tiny_nets()
+    dst = _tiny_nets()[0]
+    tensors = dict(misc.named_params_and_buffers(G))
+    misc.copy_params_and_buffers(tensors, dst, strict=True)            # a mapping works as the source
+    _assert_same_tensors(dst, G)
+    bad = [
+        ({k: v for k, v in tensors.items() if k != 'mapping.fc0.bias'}, r'missing from the source: mapping\.fc0\.bias'),
+        (dict(tensors, extra=torch.zeros(1)), r'unexpected tensor\(s\) in the source: extra'),
+        (dict(tensors, **{'mapping.fc0.bias': torch.zeros(3)}), r'mapping\.fc0\.bias has shape \[3\]'),
+        (dict(tensors, **{'mapping.fc0.bias': torch.zeros(16, dtype=torch.int32)}), r'int32 cannot fill'),
+        (dict(tensors, **{'mapping.fc0.bias': torch.full([16], 1e39, dtype=torch.float64)}), r'overflow'),
+        (dict(tensors, **{'mapping.fc0.bias': torch.zeros(16, dtype=torch.complex64)}), r'complex'),
+    ]
+    before = {k: v.clone() for k, v in misc.named_params_and_buffers(dst)}
+    for source, pattern in bad:
+        with pytest.raises(ValueError, match=pattern):
+            misc.copy_params_and_buffers(source, dst, strict=True)
+    for name, tensor in misc.named_params_and_buffers(dst):            # nothing was copied on failure
+        assert torch.equal(tensor, before[name]), name
+    misc.copy_params_and_buffers(torch.nn.Module(), dst)               # non-strict: missing names are skipped
+
+
+def test_loader_needs_registered_classes_but_never_imports_them():
+    """patches imports no training module; an unregistered class name is an error naming what is known."""
+    import ast
+    for name in ('network_pickle.py', 'pickle_rules.py'):
+        tree = ast.parse(open(os.path.join(os.path.dirname(network_pickle.__file__), name)).read())
+        mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(m.split('.')[0] == 'training' for m in mods), mods
+    G, _ = _tiny_nets()
+    with pytest.raises(NetworkPickleError, match=r"unknown network class 'NotRegistered'.*Generator"):
+        raw = _meta_with(G, lambda m: m.__setitem__('class_name', 'NotRegistered'))
+        network_pickle.load_network_pkl(io.BytesIO(raw))

@@ -101,31 +101,82 @@ def named_params_and_buffers(module):
     return list(module.named_parameters()) + list(module.named_buffers())
 
 
-def copy_params_and_buffers(src_module, dst_module, require_all=False):
+def copy_params_and_buffers(src_module, dst_module, require_all=False, strict=False):
     """Copy tensors by name from `src_module` into `dst_module` (in place, no autograd).
 
+    The one copy-by-name function of the project: resume/transfer and the network-pickle loader use it.
+
     Args:
-        src_module: Module to read from.
+        src_module: Module to read from, or a mapping name -> tensor.
         dst_module: Module to write into.
-        require_all: If True, every tensor of dst_module must exist in src_module.
+        require_all: If True, every tensor of dst_module must exist in the source.
+        strict: If True, the names must match exactly both ways, and each source tensor must fit its
+            destination's dtype: floating only into floating (no complex, bool or integer), no
+            narrowing that turns finite values into inf. Nothing is copied unless everything fits.
 
     Raises:
-        KeyError naming the tensor when require_all and a name is missing; ValueError naming the
-        tensor when the shapes differ.
+        KeyError naming the tensor when require_all (not strict) and a name is missing; ValueError
+        naming the tensor(s) for a shape mismatch, and in strict mode for any mismatch.
     """
-    assert isinstance(src_module, torch.nn.Module)
     assert isinstance(dst_module, torch.nn.Module)
-    src_tensors = dict(named_params_and_buffers(src_module))
+    if isinstance(src_module, torch.nn.Module):
+        src_tensors = dict(named_params_and_buffers(src_module))
+    else:
+        src_tensors = dict(src_module)
+    dst_tensors = named_params_and_buffers(dst_module)
+    if strict:
+        _check_strict_copy(src_tensors, dst_tensors)
     with torch.no_grad():
-        for name, tensor in named_params_and_buffers(dst_module):
+        for name, tensor in dst_tensors:
             if name not in src_tensors:
                 if require_all:
                     raise KeyError(f'{name}: missing from the source module')
                 continue
             src = src_tensors[name]
             if tuple(src.shape) != tuple(tensor.shape):
-                raise ValueError(f'{name}: source shape {list(src.shape)} != destination shape {list(tensor.shape)}')
+                raise ValueError(f'tensor {name} has shape {list(src.shape)} in the source, but the '
+                                 f'destination needs {list(tensor.shape)}')
             tensor.copy_(src.detach())
+
+
+def _check_strict_copy(src_tensors, dst_tensors):
+    """Strict mode of copy_params_and_buffers: names, shapes and dtypes, all checked before any copy."""
+    dst_names = {name for name, _ in dst_tensors}
+    missing = [name for name, _ in dst_tensors if name not in src_tensors]
+    unexpected = [name for name in src_tensors if name not in dst_names]
+    if missing:
+        raise ValueError(f'tensor(s) missing from the source: {", ".join(missing[:10])}'
+                         + (f' and {len(missing) - 10} more' if len(missing) > 10 else ''))
+    if unexpected:
+        raise ValueError(f'unexpected tensor(s) in the source: {", ".join(unexpected[:10])}'
+                         + (f' and {len(unexpected) - 10} more' if len(unexpected) > 10 else ''))
+    for name, dst in dst_tensors:
+        src = src_tensors[name]
+        if not isinstance(src, torch.Tensor):
+            raise ValueError(f'tensor {name}: the source holds a {type(src).__name__}, not a tensor')
+        if tuple(src.shape) != tuple(dst.shape):
+            raise ValueError(f'tensor {name} has shape {list(src.shape)} in the source, but the '
+                             f'destination needs {list(dst.shape)}')
+        problem = _dtype_problem(src, dst.dtype)
+        if problem:
+            raise ValueError(f'tensor {name}: {problem}')
+
+
+def _dtype_problem(src, dst_dtype):
+    """Why `src` cannot fill a tensor of `dst_dtype` without changing its meaning, or None."""
+    if src.dtype.is_complex:
+        return f'complex dtype {src.dtype} (the imaginary part would be dropped)'
+    if dst_dtype.is_floating_point:
+        if not src.dtype.is_floating_point:
+            return f'dtype {src.dtype} cannot fill a {dst_dtype} tensor (floating point needed)'
+        if torch.finfo(src.dtype).max > torch.finfo(dst_dtype).max and src.numel():
+            finite = torch.isfinite(src)
+            if not torch.equal(finite, torch.isfinite(src.to(dst_dtype))):
+                return f'values overflow {dst_dtype} (converting from {src.dtype})'
+        return None
+    if src.dtype != dst_dtype:
+        return f'dtype {src.dtype} cannot fill a {dst_dtype} tensor'
+    return None
 
 
 # ----------------------------------------------------------------------------
