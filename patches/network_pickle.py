@@ -428,6 +428,16 @@ def _bound_args(cls, record, what):
     return bound
 
 
+def _flatten_var_keyword(cls, bound):
+    """Undo bind()'s packing of a `**kwargs` parameter, so the constructor gets the names it was pickled with."""
+    params = inspect.signature(cls.__init__).parameters
+    flat = dict(bound)
+    for name, param in params.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD and name in flat:
+            flat.update(flat.pop(name))
+    return flat
+
+
 def _check_tensor_values(tensors, what, allow_nonfinite):
     for name, tensor in tensors.items():
         if tensor.dtype.is_complex:
@@ -493,7 +503,7 @@ def build_module(record, what='network', force_fp16=False, allow_nonfinite=False
         The module, in the record's train/eval mode, with requires_grad as pickled.
     """
     cls, bound, tensors = checked or check_record(record, what, allow_nonfinite)
-    kwargs = dnnlib.EasyDict(bound)
+    kwargs = dnnlib.EasyDict(_flatten_var_keyword(cls, bound))
     if force_fp16:
         kwargs = _force_fp16_kwargs(record.class_name, kwargs)
     try:

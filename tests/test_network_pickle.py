@@ -404,3 +404,15 @@ def test_loader_needs_registered_classes_but_never_imports_them():
     with pytest.raises(NetworkPickleError, match=r"unknown network class 'NotRegistered'.*Generator"):
         raw = _meta_with(G, lambda m: m.__setitem__('class_name', 'NotRegistered'))
         network_pickle.load_network_pkl(io.BytesIO(raw))
+
+
+def test_submodule_with_var_keyword_constructor_roundtrips(tmp_path):
+    # SynthesisNetwork takes **block_kwargs; its record must be rebuilt with those names spread out again.
+    G, _ = _tiny_nets()
+    path = str(tmp_path / 'synthesis.pkl')
+    network_pickle.save_network_pkl(path, dict(G=G.synthesis, D=None, G_ema=G.synthesis, augment_pipe=None))
+    loaded = network_pickle.load_network_pkl(path)['G_ema']
+    assert type(loaded).__name__ == 'SynthesisNetwork'
+    _assert_same_tensors(loaded, G.synthesis)
+    ws = torch.randn([2, G.num_ws, G.w_dim], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded(ws, noise_mode='const'), G.synthesis(ws, noise_mode='const'))
