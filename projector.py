@@ -27,10 +27,11 @@ import zipfile
 import click
 import numpy as np
 import PIL.Image
-import torch
 
 import dnnlib
-from metrics import vgg16
+
+# torch and metrics.vgg16 (which needs torch) are imported inside the functions that use them:
+# `--help` and argument errors answer at once.
 
 # ----------------------------------------------------------------------------
 # Inputs.
@@ -81,6 +82,7 @@ def noise_regularization(noise_maps):
 
     White noise scores about 0; the penalty stops the noise maps from learning image structure.
     """
+    import torch
     reg = 0.0
     for noise in noise_maps:
         noise = noise[None, None, :, :]  # [1, 1, H, W]
@@ -93,22 +95,24 @@ def noise_regularization(noise_maps):
     return reg
 
 
-@torch.no_grad()
 def normalize_noise_(noise_maps):
     """Rescale every map to zero mean and unit variance, in place."""
-    for buf in noise_maps:
-        buf -= buf.mean()
-        buf *= buf.square().mean().rsqrt()
+    import torch
+    with torch.no_grad():  # the maps are leaf tensors that require grad
+        for buf in noise_maps:
+            buf -= buf.mean()
+            buf *= buf.square().mean().rsqrt()
 
 
-@torch.no_grad()
 def w_statistics(G, num_samples, device):
     """(w_avg [1, 1, w_dim], w_std) of num_samples mapped z from RandomState(123), as upstream.
 
     w_std is a scalar radius, sqrt(E||w - w_avg||^2), not a per-dimension deviation.
     """
+    import torch
     z = torch.from_numpy(np.random.RandomState(123).randn(num_samples, G.z_dim)).to(device)
-    w = torch.cat([G.mapping(chunk, None)[:, :1, :].cpu() for chunk in z.split(4096)]).to(torch.float64)
+    with torch.no_grad():
+        w = torch.cat([G.mapping(chunk, None)[:, :1, :].cpu() for chunk in z.split(4096)]).to(torch.float64)
     w_avg = w.mean(dim=0, keepdim=True)
     w_std = float(((w - w_avg).square().sum() / num_samples).sqrt())
     return w_avg.to(torch.float32).to(device), w_std
@@ -116,6 +120,8 @@ def w_statistics(G, num_samples, device):
 
 def lpips_input(images_0_255):
     """Float images in [0, 255] -> at most 256 px (area downsampling, as upstream)."""
+    import torch
+    from metrics import vgg16
     size = vgg16.LPIPS_MAX_SIZE
     if images_0_255.shape[2] > size:
         images_0_255 = torch.nn.functional.interpolate(images_0_255, size=(size, size), mode='area')
@@ -124,6 +130,7 @@ def lpips_input(images_0_255):
 
 def _fresh_noise_maps(G, gen):
     """G's noise_const buffers, refilled with N(0, 1) from `gen` and made trainable (G must be a copy)."""
+    import torch
     maps = [buf for name, buf in G.synthesis.named_buffers() if name.endswith('noise_const')]
     for buf in maps:
         buf.copy_(torch.randn(buf.shape, generator=gen, device=buf.device)).requires_grad_(True)
@@ -131,12 +138,14 @@ def _fresh_noise_maps(G, gen):
 
 
 def _synthesis_kwargs(device):
+    import torch
     # fp16 layers are a speed-up on CUDA only; on the CPU everything runs in fp32.
     return dict(noise_mode='const', force_fp32=torch.device(device).type != 'cuda')
 
 
 def _loss(G, vgg, ws, target_features, noise_maps, regularize_noise_weight):
     """(LPIPS distance, total loss) of the image of ws [1, num_ws, w_dim]."""
+    from metrics import vgg16
     synth = (G.synthesis(ws, **_synthesis_kwargs(ws.device)) + 1) * (255 / 2)
     dist = (target_features - vgg16.lpips_features(vgg, lpips_input(synth))).square().sum()
     return dist, dist + noise_regularization(noise_maps) * regularize_noise_weight
@@ -159,7 +168,9 @@ def project(G, target, *, num_steps=1000, w_avg_samples=10000, initial_learning_
     Returns:
         float32 tensor [num_steps, num_ws, w_dim] on the CPU: w after every step (the last row is the result).
     """
+    import torch
     import tqdm
+    from metrics import vgg16
     assert tuple(target.shape) == (G.img_channels, G.img_resolution, G.img_resolution), f'bad target {list(target.shape)}'
     device = torch.device(device)
     vgg = vgg or vgg16.load_vgg16(device)
@@ -194,11 +205,12 @@ def project(G, target, *, num_steps=1000, w_avg_samples=10000, initial_learning_
 # Outputs.
 
 
-@torch.no_grad()
 def synthesize_uint8(G, ws, device):
     """[H, W, C] uint8 image of ws [1, num_ws, w_dim] with G's own noise maps (the optimised ones are
     dropped, as upstream), converted as upstream's projector: (x + 1) * 127.5, clamped, truncated."""
-    img = G.synthesis(ws.to(device), **_synthesis_kwargs(device))
+    import torch
+    with torch.no_grad():
+        img = G.synthesis(ws.to(device), **_synthesis_kwargs(device))
     return ((img[0].permute(1, 2, 0) + 1) * (255 / 2)).clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
@@ -309,6 +321,7 @@ def make_outdir(outdir):
 def _setup(network_pkl, target_fname, device):
     """(G, target PIL image, VGG16) or a one-line click error naming the flag."""
     from generate import resolve_device
+    from metrics import vgg16
     try:
         dev = resolve_device(device)
     except ValueError as e:
@@ -345,6 +358,7 @@ def _setup(network_pkl, target_fname, device):
               help='Where to run: auto = cuda when available, else cpu.')
 def main(network_pkl, target_fname, num_steps, seed, save_video, outdir, device):
     """Project an image into W: writes target.png, proj.png and projected_w.npz (and proj.mp4) to --outdir."""
+    import torch
     G, target, vgg = _setup(network_pkl, target_fname, device)
     dev = vgg.device
     imageio = video_writer_module() if save_video else None

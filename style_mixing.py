@@ -19,10 +19,11 @@ import os
 import click
 import numpy as np
 import PIL.Image
-import torch
 
 from generate import parse_seeds, resolve_device
 from projector import load_generator, make_outdir, save_png
+
+# torch is imported inside the functions that use it: `--help` and argument errors answer at once.
 
 # ----------------------------------------------------------------------------
 # Library functions.
@@ -35,13 +36,14 @@ def check_styles(styles, num_ws):
         raise ValueError(f'layer {bad[0]} does not exist: the network has {num_ws} W layers (0-{num_ws - 1})')
 
 
-@torch.no_grad()
 def seed_ws(G, seeds, truncation_psi, device):
     """{seed: w [num_ws, w_dim]}: z = RandomState(seed).randn(z_dim), mapped, truncated on all layers."""
+    import torch
     z = np.stack([np.random.RandomState(seed).randn(G.z_dim) for seed in seeds])
-    ws = G.mapping(torch.from_numpy(z).to(device), None)
-    if truncation_psi != 1:
-        ws = G.mapping.w_avg + (ws - G.mapping.w_avg) * truncation_psi
+    with torch.no_grad():
+        ws = G.mapping(torch.from_numpy(z).to(device), None)
+        if truncation_psi != 1:
+            ws = G.mapping.w_avg + (ws - G.mapping.w_avg) * truncation_psi
     return dict(zip(seeds, ws))
 
 
@@ -56,22 +58,24 @@ def mixed_ws(w_dict, row_seeds, col_seeds, styles):
     return out
 
 
-@torch.no_grad()
 def render(G, w, noise_mode, noise_seed, device):
     """PIL image of one w [num_ws, w_dim]; 'random' noise is drawn from torch's RNG seeded by noise_seed."""
+    import torch
     kwargs = dict(noise_mode=noise_mode, force_fp32=device.type != 'cuda')  # fp16 only pays off on CUDA
-    if noise_mode == 'random':  # the caller's RNG state is left as it was
-        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
-            torch.manual_seed(noise_seed)
+    with torch.no_grad():
+        if noise_mode == 'random':  # the caller's RNG state is left as it was
+            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+                torch.manual_seed(noise_seed)
+                img = G.synthesis(w[None].to(device), **kwargs)
+        else:
             img = G.synthesis(w[None].to(device), **kwargs)
-    else:
-        img = G.synthesis(w[None].to(device), **kwargs)
     pixels = (img[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()  # [HWC]
     return PIL.Image.fromarray(pixels[:, :, 0], 'L') if pixels.shape[2] == 1 else PIL.Image.fromarray(pixels, 'RGB')
 
 
 def style_mixing_images(G, row_seeds, col_seeds, styles, truncation_psi=1, noise_mode='const', device=None):
     """{(row, col): PIL image} for every pair and every seed alone (key (seed, seed))."""
+    import torch
     device = torch.device(device or next(G.parameters()).device)
     check_styles(styles, G.num_ws)
     w_dict = seed_ws(G, list(dict.fromkeys(row_seeds + col_seeds)), truncation_psi, device)

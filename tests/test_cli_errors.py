@@ -190,9 +190,10 @@ def test_generate_help_does_not_import_torch():
     code = ('import sys; sys.argv = ["generate.py", "--help"]; import runpy\n'
             'try:\n    runpy.run_path("generate.py", run_name="__main__")\nexcept SystemExit:\n    pass\n'
             'print("TORCH" if "torch" in sys.modules else "NO-TORCH")')
-    for script in ('generate.py', 'calc_metrics.py'):
+    for script in ('generate.py', 'calc_metrics.py', 'projector.py', 'style_mixing.py'):
         res = subprocess.run([sys.executable, '-c', code.replace('generate.py', script)], cwd=ROOT,
                              capture_output=True, text=True, timeout=120)
+        assert 'Usage:' in res.stdout, (script, res.stdout[-300:], res.stderr[-300:])  # --help really ran
         assert res.stdout.strip().endswith('NO-TORCH'), (script, res.stdout[-300:], res.stderr[-300:])
 
 
