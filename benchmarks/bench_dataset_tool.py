@@ -18,7 +18,7 @@ import numpy as np
 import PIL.Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from training import dataset_build  # noqa: E402  (after the path set-up)
+from dataset_build import convert  # noqa: E402  (after the path set-up)
 
 
 def make_jpegs(folder, count, size, seed=0):
@@ -35,7 +35,7 @@ def make_jpegs(folder, count, size, seed=0):
 
 def time_conversion(src, dest, resolution, workers):
     start = time.perf_counter()
-    dataset_build.convert_dataset(src, dest, width=resolution, height=resolution, resize_filter='lanczos',
+    convert.convert_dataset(src, dest, width=resolution, height=resolution, resize_filter='lanczos',
                                   workers=workers, log=lambda _line: None)
     return time.perf_counter() - start
 

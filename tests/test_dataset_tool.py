@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
-from training import dataset_build, dataset_study
+from dataset_build import archive, convert, study as dataset_study
 from training.dataset import ImageFolderDataset
 
 
@@ -40,7 +40,7 @@ def _zip_entries(path):
 
 
 def _report(zip_path):
-    return json.loads(_zip_entries(zip_path)[dataset_build.REPORT_NAME])
+    return json.loads(_zip_entries(zip_path)[convert.REPORT_NAME])
 
 
 # ----------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_odd_images_are_converted_or_skipped_and_reported(tmp_path):
 
     ds = ImageFolderDataset(dest)
     names = ds.image_fnames  # the written ones keep their input index
-    assert names == [dataset_build.archive_name(i) for i in range(5)]
+    assert names == [archive.archive_name(i) for i in range(5)]
     rgba_out = ds[2][0]
     assert (rgba_out[:, :, :8] == np.array([255, 0, 0])[:, None, None]).all()
     assert (rgba_out[:, :, 8:] == 0).all()  # transparent -> black
@@ -396,17 +396,6 @@ def test_verify_detects_changed_source_and_zip(study, tmp_path):
     assert r.exit_code == 1 and 'differs' in r.output
 
 
-def test_study_plan_properties():
-    plan = dataset_study.plan_study_sets(100, 40, 4, 20, 5, seed=11)
-    assert [len(s) for s in plan.subsets] == [20] * 4
-    assert len({i for s in plan.subsets for i in s}) == 80
-    assert all(len(r) == 5 and len(set(r)) == 5 and max(r) < 20 for r in plan.replaced)
-    assert len({i for g in plan.generated for i in g}) == 20
-    other = dataset_study.plan_study_sets(100, 40, 4, 20, 3, seed=11)
-    assert other.subsets == plan.subsets  # changing M does not move the real subsets
-    assert dataset_study.plan_study_sets(100, 40, 4, 20, 5, seed=12).subsets != plan.subsets
-
-
 def test_study_errors(tmp_path):
     celeba, gen = _make_pools(tmp_path, num_real=K * N, num_gen=K * M)
     r = _run('celebamask', '--celeba-dir', celeba, '--generated-dir', gen, '--dest', tmp_path / 'o',
@@ -426,14 +415,13 @@ def test_study_errors(tmp_path):
     assert r.exit_code == 1 and 'not square' in r.output and '48x40' in r.output
 
     _save(dup, _noise((48, 48, 3), 77))
-    # A truncated JPEG passes the header check and fails at decode: the run stops, naming it, and
-    # leaves no temporary files.
+    # A truncated JPEG is found by the planning pass (every file is fully decoded): nothing is written.
     victim = os.path.join(celeba, 'CelebA-HQ-img', '7.jpg')
     data = open(victim, 'rb').read()
     open(victim, 'wb').write(data[:len(data) // 2])
     r = _build(celeba, gen, str(tmp_path / 't'))
     assert r.exit_code == 1 and '7.jpg' in r.output and 'truncated' in r.output
-    assert not [n for n in os.listdir(tmp_path / 't') if n.startswith('.')]
+    assert not os.path.exists(tmp_path / 't') and not [n for n in os.listdir(tmp_path) if n.startswith('.')]
     open(victim, 'wb').write(data)
 
     assert _build(celeba, gen, str(tmp_path / 'o')).exit_code == 0

@@ -7,7 +7,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT_SCRIPTS = {'train', 'generate', 'calc_metrics', 'dataset_tool', 'legacy'}
-PROJECT = {'dnnlib', 'torch_utils', 'schedulers', 'training', 'patches', 'metrics', 'scripts'} | ROOT_SCRIPTS
+PROJECT = {'dnnlib', 'torch_utils', 'schedulers', 'training', 'patches', 'metrics', 'scripts', 'dataset_build'} | ROOT_SCRIPTS
 
 # package -> project packages it may import (itself always allowed)
 ALLOWED = {
@@ -17,6 +17,7 @@ ALLOWED = {
     'training': {'dnnlib', 'torch_utils', 'schedulers', 'metrics', 'patches'},
     'patches': {'dnnlib', 'torch_utils', 'training'},
     'metrics': {'dnnlib', 'torch_utils', 'training', 'patches'},
+    'dataset_build': {'dnnlib', 'torch_utils'},
 }
 # Only the training loop may reach up into metrics/patches (it evaluates and writes snapshots).
 TRAINING_UPWARD_ONLY_IN = {os.path.join('training', 'training_loop.py')}
