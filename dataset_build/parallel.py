@@ -16,8 +16,11 @@ def worker_state(key, default=None):
 
 def _init_worker(state):
     # Only the parent handles Ctrl-C (it terminates the pool). A worker killed by SIGINT mid-task
-    # would lose its result and leave the parent waiting for it forever.
+    # would lose its result and leave the parent waiting for it forever. SIGINT arrives blocked
+    # (see _start_pool), so a Ctrl-C during start-up is dropped here, not raised in the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() sends SIGTERM: die at once, silently
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _worker_state.clear()
     _worker_state.update(state or {})
 
@@ -26,6 +29,15 @@ def _pool_context():
     # On Linux fork starts workers in milliseconds with nothing to re-import (the parent holds no
     # threads here). Elsewhere spawn: fork is unsafe on macOS and absent on Windows.
     return multiprocessing.get_context('fork' if sys.platform.startswith('linux') else 'spawn')
+
+
+def _start_pool(workers, state):
+    # Workers inherit the blocked mask; a Ctrl-C meanwhile reaches the parent once it is unblocked.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return _pool_context().Pool(workers, initializer=_init_worker, initargs=(state,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def ordered_map(func, items, workers, state=None, chunksize=4):
@@ -48,7 +60,7 @@ def ordered_map(func, items, workers, state=None, chunksize=4):
         for item in items:
             yield func(item)
         return
-    pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(state,))
+    pool = _start_pool(workers, state)
     try:
         yield from pool.imap(func, items, chunksize=chunksize)
         pool.close()
