@@ -110,6 +110,7 @@ def test_one_pass_lists_every_problem_and_writes_nothing(tmp_path):
     assert _line_for(r.output, '20.jpg').endswith(f'{os.path.join(celeba, "CelebA-HQ-img", "0.jpg")} -> delete this copy')
     assert os.path.join('CelebA-HQ-img', '1.jpg') in _line_for(r.output, 'sd_dup.jpg')
     assert '<_io.' not in r.output and 'object at 0x' not in r.output
+    assert 'img/s' not in r.output  # no progress bar when not writing to a terminal
     assert '2 other files ignored (not images: .DS_Store, Thumbs.db)' in r.output
     assert r.output.strip().splitlines()[-1].startswith('Error: 7 source file(s) cannot be used')
     assert sorted(os.listdir(tmp_path)) == before, 'the failing run wrote something'

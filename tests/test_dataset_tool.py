@@ -175,6 +175,11 @@ def test_odd_images_are_converted_or_skipped_and_reported(tmp_path):
         f.write(b'this is not an image at all' * 10)
     # A good image of the wrong size (no resize requested): skipped, not fatal.
     _save(os.path.join(root, 'h_small.png'), _noise((8, 8, 3), 7))
+    # A PNG named .jpg: read by its content, noted. Non-images: counted as ignored.
+    _save(os.path.join(root, 'i_png_named.jpg'), _noise((16, 16, 3), 8), format='png')
+    for junk in ('.DS_Store', 'Thumbs.db', 'notes.txt'):
+        with open(os.path.join(root, junk), 'wb') as f:
+            f.write(b'\0\1 not an image')
 
     dest = str(tmp_path / 'out.zip')
     result = _run('--source', root, '--dest', dest, '--workers', 2)
@@ -182,15 +187,21 @@ def test_odd_images_are_converted_or_skipped_and_reported(tmp_path):
     report = _report(dest)
     converted = {e['name'] for e in report['converted']}
     skipped = {e['name'] for e in report['skipped']}
-    assert converted == {'b_cmyk.jpg', 'c_rgba.png', 'd_gray16.png', 'e_palette.png'}
+    assert converted == {'b_cmyk.jpg', 'c_rgba.png', 'd_gray16.png', 'e_palette.png', 'i_png_named.jpg'}
     assert skipped == {'f_truncated.jpg', 'g_garbage.png', 'h_small.png'}
-    assert report['num_input'] == 8 and report['num_written'] == 5
+    assert report['num_input'] == 9 and report['num_written'] == 6
+    assert report['ignored'] == ['.DS_Store', 'Thumbs.db', 'notes.txt']
+    assert '3 other files ignored' in result.output and 'ignored: .DS_Store, Thumbs.db, notes.txt' in result.output
+    assert {e['note'] for e in report['converted'] if e['name'] == 'i_png_named.jpg'} == \
+        {'named .jpg but the content is PNG'}
+    assert '<_io.' not in result.output and 'object at 0x' not in result.output
+    assert any('truncated' in e['reason'] for e in report['skipped'] if e['name'] == 'f_truncated.jpg')
     for name in converted | skipped:  # the printed report names every one
         assert name in result.output
 
     ds = ImageFolderDataset(dest)
     names = ds.image_fnames  # the written ones keep their input index
-    assert names == [archive.archive_name(i) for i in range(5)]
+    assert names == [archive.archive_name(i) for i in range(5)] + [archive.archive_name(8)]
     rgba_out = ds[2][0]
     assert (rgba_out[:, :, :8] == np.array([255, 0, 0])[:, None, None]).all()
     assert (rgba_out[:, :, 8:] == 0).all()  # transparent -> black
