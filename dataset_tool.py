@@ -39,15 +39,17 @@ def _user_errors(func, *args, interrupted='Interrupted: stopped; temporary files
     removed on the way out)."""
     old = {s: signal.signal(s, _first_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
     except DatasetToolError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
-        click.echo(interrupted, err=True)
+        click.echo(interrupted, err=True)  # signals stay ignored: another Ctrl-C cannot add a traceback
         raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
     finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        if signal.getsignal(signal.SIGINT) is _first_interrupt:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+    return result
 
 
 # ----------------------------------------------------------------------------

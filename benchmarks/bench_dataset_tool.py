@@ -13,6 +13,7 @@ checks that both builds gave byte-identical zips.
 """
 
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -53,16 +54,23 @@ def make_tree(root, n, m, size):
     return celeba, gen
 
 
+def _cpu_seconds():
+    """CPU time of this process and of its finished children (the pool's workers, once joined)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def time_build(celeba, gen, dest, n, m, resolution, workers):
-    """(seconds of the planning pass alone, seconds of the whole build)."""
+    """Wall and CPU seconds of the planning pass alone and of the whole build, and the pool size."""
     pool_list = [pools.list_real_pool(celeba), pools.list_generated_pool(gen)]
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     pools.inspect_pools(pool_list, resolution, workers)
-    planning = time.perf_counter() - start
-    start = time.perf_counter()
+    planning, planning_cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     study.build_study_sets(celeba, gen, dest, num_subsets=K, subset_size=n, num_generated=m, resolution=resolution,
                            workers=workers, log=lambda _line: None)
-    return planning, time.perf_counter() - start, sum(len(p.ids) for p in pool_list)
+    return dict(planning=planning, planning_cpu=planning_cpu, build=time.perf_counter() - wall,
+                build_cpu=_cpu_seconds() - cpu, pool_files=sum(len(p.ids) for p in pool_list))
 
 
 def _zips(dest):
@@ -81,20 +89,27 @@ def main(count, size, resolution, workers):
     conversions = K * (n + m)
     with tempfile.TemporaryDirectory() as tmp:
         celeba, gen = make_tree(tmp, n, m, size)
-        runs = {}
+        runs, outputs = {}, []
         for label, w in (('1 process', 1), (f'{workers or os.cpu_count()} processes', workers)):
             dest = os.path.join(tmp, f'out-{w}')
-            runs[label] = (*time_build(celeba, gen, dest, n, m, resolution, w), _zips(dest))
-        (serial_label, serial), (parallel_label, parallel) = runs.items()
-        identical = serial[3] == parallel[3] and len(serial[3]) == 2 * K
-    print(f'{2 * K}-set build: K={K} x N={n} real, M={m} generated per mix; {serial[2]} pool files '
+            runs[label] = time_build(celeba, gen, dest, n, m, resolution, w)
+            outputs.append(_zips(dest))
+    identical = outputs[0] == outputs[1] and len(outputs[0]) == 2 * K
+    serial, parallel = runs.values()
+    print(f'{2 * K}-set build: K={K} x N={n} real, M={m} generated per mix; {serial["pool_files"]} pool files '
           f'{size}x{size} JPEG -> {conversions} PNG {resolution}x{resolution} (lanczos)')
-    for label, (planning, build, pool_files, _) in runs.items():
-        estimate = planning / pool_files * STUDY_POOL + (build - planning) / conversions * STUDY_CONVERSIONS
-        print(f'  {label:12s}: planning {pool_files / planning:7.1f} img/s, build {conversions / build:7.1f} img/s '
-              f'({build:.1f} s); full study estimate {estimate / 60:.0f} min')
-    print(f'  speed-up    : {serial[1] / parallel[1]:.2f}x   (outputs byte-identical: {identical})')
-    print('  (shared machine: other jobs on the same cores make these numbers noisy)')
+    for label, r in runs.items():
+        print(f'  {label:12s}: planning pass {r["pool_files"] / r["planning"]:6.1f} img/s, whole build '
+              f'{conversions / r["build"]:6.1f} img/s ({r["build"]:.1f} s wall, {r["build_cpu"]:.1f} s CPU)')
+    print(f'  speed-up    : {serial["build"] / parallel["build"]:.2f}x   (outputs byte-identical: {identical})')
+    # CPU seconds per image do not depend on what else runs on the machine; wall-clock rates do.
+    per_check = serial['planning_cpu'] / serial['pool_files']
+    per_image = (serial['build_cpu'] - serial['planning_cpu']) / conversions
+    total = per_check * STUDY_POOL + per_image * STUDY_CONVERSIONS
+    print(f'  CPU per image: {1000 * per_check:.0f} ms to check, {1000 * per_image:.0f} ms to convert; the real '
+          f'study ({STUDY_POOL} pool files, {STUDY_CONVERSIONS} conversions) needs ~{total / 60:.0f} CPU-minutes '
+          f'(~{total / 60 / (os.cpu_count() or 1):.0f} min on {os.cpu_count()} idle cores)')
+    print('  (wall-clock rates are noisy when other jobs share the cores)')
     if not identical:
         raise SystemExit('the parallel output differs from the serial one')
 

@@ -119,7 +119,7 @@ def test_one_pass_lists_every_problem_and_writes_nothing(tmp_path):
 def test_skip_bad_builds_the_study_and_records_what_it_left_out(tmp_path):
     celeba, gen, unusable, converted = _bad_tree(tmp_path)
     dest = str(tmp_path / 'out')
-    r = _build(celeba, gen, dest, '--skip-bad')
+    r = _build(celeba, gen, dest, '--skip-bad', '--resize-filter', 'box')
     assert r.exit_code == 0, r.output
     for name in unusable:
         assert unusable[name] in _line_for(r.output, name)
@@ -127,6 +127,7 @@ def test_skip_bad_builds_the_study_and_records_what_it_left_out(tmp_path):
         m = json.load(open(study.manifest_path(dest, name)))
         assert sorted(os.path.basename(s['source']) for s in m['skipped']) == sorted(unusable)
         assert m['options']['skip_bad'] is True and '--skip-bad' in m['command']
+        assert m['options']['resize_filter'] == 'box' and '--resize-filter=box' in m['command']
         assert m['num_images'] == N and m['selection'] == selection.SELECTION
     real = [json.load(open(study.manifest_path(dest, f'CelebAMask-HQ{k + 1}'))) for k in range(K)]
     notes = {e['source']: e['notes'] for m in real for e in m['images']}

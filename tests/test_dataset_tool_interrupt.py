@@ -47,8 +47,9 @@ def _group_gone(pgid):
     return False
 
 
-def _interrupt(args, ready, tmp_path):
-    """Start dataset_tool.py in its own process group, wait until `ready()`, send SIGINT to the group.
+def _interrupt(args, ready, tmp_path, times=1):
+    """Start dataset_tool.py in its own process group, wait until `ready()`, send SIGINT to the group
+    (`times` times, 50 ms apart: an impatient user presses Ctrl-C again).
 
     Returns (exit status, stderr lines); asserts the tool and its workers are gone.
     """
@@ -62,7 +63,10 @@ def _interrupt(args, ready, tmp_path):
             assert proc.poll() is None, f'finished before it could be interrupted: {proc.communicate()}'
             assert time.monotonic() < deadline, 'never reached the state to interrupt'
             time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGINT)
+        for i in range(times):
+            with contextlib.suppress(ProcessLookupError):  # it may be gone already
+                os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.05 if i + 1 < times else 0)
         _out, err = proc.communicate(timeout=HANG_GUARD_S)
     finally:
         if proc.poll() is None:
@@ -101,7 +105,7 @@ def test_ctrl_c_during_celebamask_leaves_dest_as_it_was(tmp_path):
 
     code, err = _interrupt(['celebamask', '--celeba-dir', tmp_path / 'celeba', '--generated-dir', tmp_path / 'gen',
                             '--dest', dest, '--num-subsets', 2, '--subset-size', 45, '--num-generated', 10,
-                            '--resolution', 512, '--workers', 2], converting, tmp_path)
+                            '--resolution', 512, '--workers', 2], converting, tmp_path, times=2)
     assert code == 130 and len(err) == 1 and err[0].startswith('Interrupted'), '\n'.join(err)
     assert os.listdir(dest) == ['mine.txt'] and (dest / 'mine.txt').read_text() == 'kept'
     assert sorted(os.listdir(tmp_path)) == ['celeba', 'gen', 'study']
