@@ -8,6 +8,7 @@ import tempfile
 import zipfile
 
 from dataset_build.errors import DatasetToolError
+from dataset_build.parallel import interrupts_deferred
 from dnnlib import util
 
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest date zip can store: fixed so archives are reproducible
@@ -68,13 +69,22 @@ class ArchiveWriter:
         self._stack = contextlib.ExitStack()
         self._names = set()
         self._tmpdir = None
-        parent = os.path.dirname(os.path.abspath(dest))
+        try:
+            with interrupts_deferred():  # a Ctrl-C now would leak the temporary output: take it after
+                self._open_temporary()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _open_temporary(self):
+        parent = os.path.dirname(os.path.abspath(self.dest))
         os.makedirs(parent, exist_ok=True)
         if self.is_zip:
-            f = self._stack.enter_context(util.atomic_open(dest, 'wb'))
+            f = self._stack.enter_context(util.atomic_open(self.dest, 'wb'))
             self._zip = self._stack.enter_context(zipfile.ZipFile(f, 'w', compression=zipfile.ZIP_STORED))
         else:
-            self._tmpdir = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(dest)) + '.', dir=parent)
+            self._tmpdir = tempfile.mkdtemp(prefix='.' + os.path.basename(os.path.abspath(self.dest)) + '.',
+                                            dir=parent)
 
     def add(self, name, data):
         """Add one entry (a '/'-separated relative name)."""

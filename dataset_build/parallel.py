@@ -17,10 +17,11 @@ def worker_state(key, default=None):
 def _init_worker(state):
     # Only the parent handles Ctrl-C (it terminates the pool). A worker killed by SIGINT mid-task
     # would lose its result and leave the parent waiting for it forever. SIGINT arrives blocked
-    # (see _start_pool), so a Ctrl-C during start-up is dropped here, not raised in the worker.
+    # (see ordered_map), so a Ctrl-C during start-up is dropped here, not raised in the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() sends SIGTERM: die at once, silently
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if hasattr(signal, 'pthread_sigmask'):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _worker_state.clear()
     _worker_state.update(state or {})
 
@@ -31,13 +32,16 @@ def _pool_context():
     return multiprocessing.get_context('fork' if sys.platform.startswith('linux') else 'spawn')
 
 
-def _start_pool(workers, state):
-    # Workers inherit the blocked mask; a Ctrl-C meanwhile reaches the parent once it is unblocked.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return _pool_context().Pool(workers, initializer=_init_worker, initargs=(state,))
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+def _block_sigint():
+    """Block SIGINT in this thread; returns the previous mask (None where the platform has none)."""
+    if not hasattr(signal, 'pthread_sigmask'):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _restore_mask(mask):
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def ordered_map(func, items, workers, state=None, chunksize=4):
@@ -60,15 +64,21 @@ def ordered_map(func, items, workers, state=None, chunksize=4):
         for item in items:
             yield func(item)
         return
-    pool = _start_pool(workers, state)
+    pool = None
+    mask = _block_sigint()  # workers inherit it; a Ctrl-C meanwhile is raised below, once `pool` is set
     try:
+        pool = _pool_context().Pool(workers, initializer=_init_worker, initargs=(state,))
+        _restore_mask(mask)
         yield from pool.imap(func, items, chunksize=chunksize)
         pool.close()
     except BaseException:
-        pool.terminate()
+        if pool is not None:
+            pool.terminate()
         raise
     finally:
-        pool.join()
+        _restore_mask(mask)
+        if pool is not None:
+            pool.join()
 
 
 def progress_bar(total, enabled, desc=None):

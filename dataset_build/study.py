@@ -155,7 +155,7 @@ def _plan(pools, num_subsets, subset_size, num_generated, resolution, seed, skip
         for line in notes:
             log(line)
     if problems and not skip_bad:
-        raise DatasetToolError(f'{len(problems)} source file(s) cannot be used (listed above); nothing was written. '
+        raise DatasetToolError(f'{len(problems)} source file(s) cannot be used (listed above), nothing was written; '
                                f'{hint + "; or " if hint else ""}fix or delete them, or pass --skip-bad to leave them out')
     usable = {kind: [r['id'] for r in records if r['kind'] == kind and not r['problem']] for kind in ('real', 'generated')}
     plan = plan_study_sets(usable['real'], usable['generated'], num_subsets, subset_size, num_generated, seed)
@@ -355,15 +355,18 @@ def build_study_sets(celeba_dir, generated_dir, dest, num_subsets=5, subset_size
                 seed=seed, resize_filter=resize_filter, skip_bad=skip_bad, dest=dest,
                 skipped=[dict(kind=r['kind'], source=r['id'], problem=r['problem'])
                          for r in records.values() if r['problem']])
+    staging = None
     with writing(dest):
-        staging = _staging_folder(dest)
         try:
+            with interrupts_deferred():  # a Ctrl-C between creating and recording it would leak the folder
+                staging = _staging_folder(dest)
             manifests, stats = _write_sets(staging, plan, by_kind, records, opts, workers, progress)
             if with_mix:
                 _write_stats_csv(os.path.join(staging, STATS_NAME), stats)
             _publish(staging, dest)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful publish
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful publish
     for name in set_names(num_subsets, with_mix):
         m = manifests[name]
         log(f'{name}.zip: {m["num_images"]} images ({m["counts"]["real"]} real, {m["counts"]["generated"]} '
