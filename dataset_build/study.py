@@ -169,17 +169,15 @@ def _plan(pools, num_subsets, subset_size, num_generated, resolution, seed, skip
 # Writing the sets into the staging folder.
 
 
-def _set_tasks(k, plan, pools, resolution, resize_filter):
-    """Slot-ordered work of subset k: (kind, slot, file id, conversion task), each real image
-    followed by its replacement."""
-    real, gen = pools['real'], pools.get('generated')
+def _set_work(k, plan):
+    """Slot-ordered work of subset k: (kind, slot, file id), each real image followed by its replacement."""
     replacement = dict(zip(plan.replaced[k], plan.generated[k]))
-    tasks = []
+    work = []
     for slot, real_id in enumerate(plan.subsets[k]):
-        tasks.append(('real', slot, real_id, real.root, resolution, resize_filter, False))
+        work.append(('real', slot, real_id))
         if slot in replacement:
-            tasks.append(('generated', slot, replacement[slot], gen.root, resolution, resize_filter, True))
-    return tasks
+            work.append(('generated', slot, replacement[slot]))
+    return work
 
 
 class _SetPair:
@@ -217,18 +215,18 @@ def _entry(record, slot, result):
                 notes=record['notes'])
 
 
-def _write_sets(folder, plan, pools, records, opts, workers, progress):
+def _write_sets(folder, plan, records, opts, workers, progress):
     """Convert every set into `folder`; returns (set name -> manifest, generated stats rows)."""
     K, with_mix = opts['num_subsets'], opts['num_generated'] > 0
-    per_set = [_set_tasks(k, plan, pools, opts['resolution'], opts['resize_filter']) for k in range(K)]
-    work = [(k, t) for k in range(K) for t in per_set[k]]
-    jobs = [(os.path.join(t[3], *t[2].split('/')), records[(t[0], t[2])]['sha256'], *t[4:]) for _, t in work]
+    work = [(k, *w) for k in range(K) for w in _set_work(k, plan)]
+    jobs = [(records[(kind, file_id)]['path'], records[(kind, file_id)]['sha256'], opts['resolution'],
+             opts['resize_filter'], kind == 'generated') for _k, kind, _slot, file_id in work]
     manifests, stats, pair = {}, [], None
     bar = progress_bar(len(jobs), progress, desc='Converting')
     # Closed in finally: on an error or Ctrl-C the workers are terminated now, not when garbage-collected.
     results = ordered_map(convert_study_image, jobs, workers)
     try:
-        for result, (k, (kind, slot, file_id, *_)) in zip(results, work):
+        for result, (k, kind, slot, file_id) in zip(results, work):
             record = records[(kind, file_id)]
             if result['error'] is not None:
                 raise DatasetToolError(f'{pools_mod.POOL_FLAGS[kind]}: {record["path"]}: {result["error"]}')
@@ -360,7 +358,7 @@ def build_study_sets(celeba_dir, generated_dir, dest, num_subsets=5, subset_size
         try:
             with interrupts_deferred():  # a Ctrl-C between creating and recording it would leak the folder
                 staging = _staging_folder(dest)
-            manifests, stats = _write_sets(staging, plan, by_kind, records, opts, workers, progress)
+            manifests, stats = _write_sets(staging, plan, records, opts, workers, progress)
             if with_mix:
                 _write_stats_csv(os.path.join(staging, STATS_NAME), stats)
             _publish(staging, dest)
