@@ -33,6 +33,9 @@ def _resolve_manifest(path):
         raise DatasetToolError(f'{path}: cannot read the manifest ({e})') from None
     if not isinstance(manifest, dict) or manifest.get('format') not in MANIFEST_FORMATS:
         raise DatasetToolError(f'{path}: not a study manifest')
+    missing = [key for key in ('options', 'images', 'zip', 'zip_sha256') if key not in manifest]
+    if missing:
+        raise DatasetToolError(f'{path}: incomplete manifest (no {", ".join(missing)})')
     return path, manifest
 
 

@@ -296,6 +296,17 @@ def test_verify_reports_a_truncated_zip_as_one_line(small_study, tmp_path):
     assert r.exit_code == 1
     zip_line = next(ln for ln in r.output.splitlines() if ln.strip().startswith(path))
     assert 'truncated' in zip_line and '1 of 4 entries damaged: 00000/img00000002.png' in zip_line
-    assert '2 of 4 entries missing: 00000/img00000003.png' in zip_line or \
-        '1 of 4 entries missing: 00000/img00000003.png' in zip_line
+    assert zip_line.endswith('1 of 4 entries missing: 00000/img00000003.png')  # cut inside entry 2 of 0..3
     assert r.output.count('\n') == 3, r.output  # zip line, summary, final error
+
+
+def test_verify_refuses_broken_manifests_in_one_line(small_study, tmp_path):
+    cut = tmp_path / 'cut.manifest.json'
+    cut.write_bytes(open(study.manifest_path(small_study, 'CelebAMask-HQ1'), 'rb').read()[:300])
+    other = tmp_path / 'other.manifest.json'
+    other.write_text('{"format": "sg2ada-study-manifest/2", "set": "x"}')
+    for path, words in ((cut, 'cannot read the manifest'), (other, 'incomplete manifest'),
+                        (tmp_path / 'none.zip', 'manifest not found')):
+        r = _run('verify', path)
+        assert r.exit_code == 1 and words in r.output and 'Traceback' not in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
