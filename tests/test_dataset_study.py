@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
-from dataset_build import selection, study
+from dataset_build import pools, selection, study
 
 K, N, M, R = 2, 4, 1, 32
 
@@ -310,3 +310,16 @@ def test_verify_refuses_broken_manifests_in_one_line(small_study, tmp_path):
         r = _run('verify', path)
         assert r.exit_code == 1 and words in r.output and 'Traceback' not in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
+
+
+def test_the_copy_is_named_as_the_duplicate():
+    def rec(kind, file_id):
+        return dict(kind=kind, id=file_id, path=f'/{kind}/{file_id}', sha256='same', problem=None, fix=None)
+    # 'a copy.png' sorts before 'a.png' (' ' < '.'), yet it is the copy; '12.jpg' copies '3.jpg'.
+    records = [rec('generated', 'a copy.png'), rec('generated', 'a.png')]
+    pools.mark_duplicates(records)
+    assert [bool(r['problem']) for r in records] == [True, False] and '/generated/a.png' in records[0]['problem']
+    records = [rec('real', '3.jpg'), rec('real', '12.jpg'), rec('generated', '0.jpg')]
+    pools.mark_duplicates(records)
+    assert [bool(r['problem']) for r in records] == [False, True, True]
+    assert all('the real image /real/3.jpg' in r['problem'] for r in records[1:])
