@@ -240,6 +240,21 @@ def test_user_errors_are_one_line(tmp_path, rgb_folder):
     assert not [n for n in os.listdir(tmp_path) if n.startswith('.')], 'temporary file left behind'
 
 
+def test_finder_zips_resource_forks_are_not_images(tmp_path):
+    src_zip = str(tmp_path / 'mac.zip')
+    png = io.BytesIO()
+    PIL.Image.fromarray(_noise((8, 8, 3), 0)).save(png, format='png')
+    with zipfile.ZipFile(src_zip, 'w') as zf:
+        zf.writestr('faces/0.png', png.getvalue())
+        zf.writestr('faces/._0.png', b'\0\5\x16\7 AppleDouble')  # image extension, not an image
+        zf.writestr('__MACOSX/faces/._0.png', b'\0\5\x16\7 AppleDouble')
+    result = _run('--source', src_zip, '--dest', tmp_path / 'out.zip')
+    assert result.exit_code == 0, result.output
+    report = _report(str(tmp_path / 'out.zip'))
+    assert report['num_input'] == 1 and report['skipped'] == []
+    assert report['ignored'] == ['__MACOSX/faces/._0.png', 'faces/._0.png']
+
+
 def test_zip_source_and_mnist_and_cifar(tmp_path):
     # Zip source.
     src_zip = str(tmp_path / 'in.zip')
