@@ -121,7 +121,7 @@ def test_ctrl_c_during_verify(tmp_path):
                                                '--num-generated', '0', '--resolution', '8', '--workers', '1'])
     assert r.exit_code == 0, r.output
     for i in range(4):  # sparse 8 GiB sources (no disk used): hashing them keeps both workers busy for seconds
-        os.truncate(img / f"{i}.png", 8 << 30)
+        os.truncate(img / f'{i}.png', 8 << 30)
     started = time.monotonic()
     code, err = _interrupt(['verify', tmp_path / 'o' / 'CelebAMask-HQ1.manifest.json'],
                            lambda: time.monotonic() - started > 1.0, tmp_path)
