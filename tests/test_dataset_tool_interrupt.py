@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
+from dataset_build import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_GUARD_S = 120  # generous: only catches a hang, it measures nothing
@@ -204,3 +205,13 @@ def test_read_only_destination(tmp_path, small_src):
         line = _one_error_line(_run('celebamask', '--celeba-dir', small_src, '--dest', disk / 'study',
                                     '--num-subsets', 1, '--subset-size', 2, '--num-generated', 0, '--resolution', 64))
         assert 'read-only' in line
+
+
+def test_interrupts_deferred_holds_ctrl_c_until_the_block_ends():
+    done, before = [], signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with parallel.interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # delivered at once, held by the block
+            done.append('renames finished')
+    assert done == ['renames finished']
+    assert signal.getsignal(signal.SIGINT) is before
