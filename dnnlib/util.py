@@ -5,6 +5,7 @@ This module is the bottom layer: it must not import torch or any other package o
 
 import contextlib
 import errno
+import functools
 import hashlib
 import importlib
 import os
@@ -185,6 +186,31 @@ def update_hash_from_file(h, f, chunk=1 << 20):
 def sha256_file(path, chunk=1 << 20) -> str:
     with open(path, 'rb') as f:
         return update_hash_from_file(hashlib.sha256(), f, chunk).hexdigest()
+
+
+# ----------------------------------------------------------------------------
+# Image file names (the dataset reader and the dataset builder agree on what counts as an image).
+
+
+@functools.lru_cache(maxsize=None)
+def image_extensions() -> frozenset:
+    """Lower-case file extensions PIL can decode ('.png', '.jpg', ...)."""
+    import PIL.Image  # here, so importing dnnlib stays free of PIL
+    PIL.Image.init()
+    return frozenset(ext.lower() for ext in PIL.Image.EXTENSION)
+
+
+def is_image_name(name, extensions=None) -> bool:
+    """True for names with an image extension; macOS resource forks ('._x', '__MACOSX/') excluded.
+
+    Finder-made zips carry AppleDouble files with image extensions that are not images.
+    """
+    extensions = image_extensions() if extensions is None else extensions
+    name = name.replace('\\', '/')
+    base = name.rsplit('/', 1)[-1]
+    if base.startswith('._') or name.startswith('__MACOSX/'):
+        return False
+    return os.path.splitext(base)[1].lower() in extensions
 
 
 # ----------------------------------------------------------------------------

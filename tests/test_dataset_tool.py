@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
-from training import dataset_build, dataset_study
+from dataset_build import archive, convert, study as dataset_study
 from training.dataset import ImageFolderDataset
 
 
@@ -40,7 +40,7 @@ def _zip_entries(path):
 
 
 def _report(zip_path):
-    return json.loads(_zip_entries(zip_path)[dataset_build.REPORT_NAME])
+    return json.loads(_zip_entries(zip_path)[convert.REPORT_NAME])
 
 
 # ----------------------------------------------------------------------------
@@ -175,6 +175,11 @@ def test_odd_images_are_converted_or_skipped_and_reported(tmp_path):
         f.write(b'this is not an image at all' * 10)
     # A good image of the wrong size (no resize requested): skipped, not fatal.
     _save(os.path.join(root, 'h_small.png'), _noise((8, 8, 3), 7))
+    # A PNG named .jpg: read by its content, noted. Non-images: counted as ignored.
+    _save(os.path.join(root, 'i_png_named.jpg'), _noise((16, 16, 3), 8), format='png')
+    for junk in ('.DS_Store', 'Thumbs.db', 'notes.txt'):
+        with open(os.path.join(root, junk), 'wb') as f:
+            f.write(b'\0\1 not an image')
 
     dest = str(tmp_path / 'out.zip')
     result = _run('--source', root, '--dest', dest, '--workers', 2)
@@ -182,15 +187,21 @@ def test_odd_images_are_converted_or_skipped_and_reported(tmp_path):
     report = _report(dest)
     converted = {e['name'] for e in report['converted']}
     skipped = {e['name'] for e in report['skipped']}
-    assert converted == {'b_cmyk.jpg', 'c_rgba.png', 'd_gray16.png', 'e_palette.png'}
+    assert converted == {'b_cmyk.jpg', 'c_rgba.png', 'd_gray16.png', 'e_palette.png', 'i_png_named.jpg'}
     assert skipped == {'f_truncated.jpg', 'g_garbage.png', 'h_small.png'}
-    assert report['num_input'] == 8 and report['num_written'] == 5
+    assert report['num_input'] == 9 and report['num_written'] == 6
+    assert report['ignored'] == ['.DS_Store', 'Thumbs.db', 'notes.txt']
+    assert '3 other files ignored' in result.output and 'ignored: .DS_Store, Thumbs.db, notes.txt' in result.output
+    assert {e['note'] for e in report['converted'] if e['name'] == 'i_png_named.jpg'} == \
+        {'named .jpg but the content is PNG'}
+    assert '<_io.' not in result.output and 'object at 0x' not in result.output
+    assert any('truncated' in e['reason'] for e in report['skipped'] if e['name'] == 'f_truncated.jpg')
     for name in converted | skipped:  # the printed report names every one
         assert name in result.output
 
     ds = ImageFolderDataset(dest)
     names = ds.image_fnames  # the written ones keep their input index
-    assert names == [dataset_build.archive_name(i) for i in range(5)]
+    assert names == [archive.archive_name(i) for i in range(5)] + [archive.archive_name(8)]
     rgba_out = ds[2][0]
     assert (rgba_out[:, :, :8] == np.array([255, 0, 0])[:, None, None]).all()
     assert (rgba_out[:, :, 8:] == 0).all()  # transparent -> black
@@ -227,6 +238,21 @@ def test_user_errors_are_one_line(tmp_path, rgb_folder):
     assert r.exit_code == 2 and '--source' in r.output
     assert not os.path.exists(dest)
     assert not [n for n in os.listdir(tmp_path) if n.startswith('.')], 'temporary file left behind'
+
+
+def test_finder_zips_resource_forks_are_not_images(tmp_path):
+    src_zip = str(tmp_path / 'mac.zip')
+    png = io.BytesIO()
+    PIL.Image.fromarray(_noise((8, 8, 3), 0)).save(png, format='png')
+    with zipfile.ZipFile(src_zip, 'w') as zf:
+        zf.writestr('faces/0.png', png.getvalue())
+        zf.writestr('faces/._0.png', b'\0\5\x16\7 AppleDouble')  # image extension, not an image
+        zf.writestr('__MACOSX/faces/._0.png', b'\0\5\x16\7 AppleDouble')
+    result = _run('--source', src_zip, '--dest', tmp_path / 'out.zip')
+    assert result.exit_code == 0, result.output
+    report = _report(str(tmp_path / 'out.zip'))
+    assert report['num_input'] == 1 and report['skipped'] == []
+    assert report['ignored'] == ['__MACOSX/faces/._0.png', 'faces/._0.png']
 
 
 def test_zip_source_and_mnist_and_cifar(tmp_path):
@@ -396,17 +422,6 @@ def test_verify_detects_changed_source_and_zip(study, tmp_path):
     assert r.exit_code == 1 and 'differs' in r.output
 
 
-def test_study_plan_properties():
-    plan = dataset_study.plan_study_sets(100, 40, 4, 20, 5, seed=11)
-    assert [len(s) for s in plan.subsets] == [20] * 4
-    assert len({i for s in plan.subsets for i in s}) == 80
-    assert all(len(r) == 5 and len(set(r)) == 5 and max(r) < 20 for r in plan.replaced)
-    assert len({i for g in plan.generated for i in g}) == 20
-    other = dataset_study.plan_study_sets(100, 40, 4, 20, 3, seed=11)
-    assert other.subsets == plan.subsets  # changing M does not move the real subsets
-    assert dataset_study.plan_study_sets(100, 40, 4, 20, 5, seed=12).subsets != plan.subsets
-
-
 def test_study_errors(tmp_path):
     celeba, gen = _make_pools(tmp_path, num_real=K * N, num_gen=K * M)
     r = _run('celebamask', '--celeba-dir', celeba, '--generated-dir', gen, '--dest', tmp_path / 'o',
@@ -426,14 +441,13 @@ def test_study_errors(tmp_path):
     assert r.exit_code == 1 and 'not square' in r.output and '48x40' in r.output
 
     _save(dup, _noise((48, 48, 3), 77))
-    # A truncated JPEG passes the header check and fails at decode: the run stops, naming it, and
-    # leaves no temporary files.
+    # A truncated JPEG is found by the planning pass (every file is fully decoded): nothing is written.
     victim = os.path.join(celeba, 'CelebA-HQ-img', '7.jpg')
     data = open(victim, 'rb').read()
     open(victim, 'wb').write(data[:len(data) // 2])
     r = _build(celeba, gen, str(tmp_path / 't'))
     assert r.exit_code == 1 and '7.jpg' in r.output and 'truncated' in r.output
-    assert not [n for n in os.listdir(tmp_path / 't') if n.startswith('.')]
+    assert not os.path.exists(tmp_path / 't') and not [n for n in os.listdir(tmp_path) if n.startswith('.')]
     open(victim, 'wb').write(data)
 
     assert _build(celeba, gen, str(tmp_path / 'o')).exit_code == 0

@@ -7,7 +7,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT_SCRIPTS = {'train', 'generate', 'calc_metrics', 'dataset_tool', 'legacy', 'projector', 'style_mixing'}
-PROJECT = {'dnnlib', 'torch_utils', 'schedulers', 'training', 'patches', 'metrics', 'scripts'} | ROOT_SCRIPTS
+PROJECT = {'dnnlib', 'torch_utils', 'schedulers', 'training', 'patches', 'metrics', 'scripts',
+           'dataset_build'} | ROOT_SCRIPTS
 
 # package -> project packages it may import (itself always allowed)
 ALLOWED = {
@@ -17,6 +18,7 @@ ALLOWED = {
     'training': {'dnnlib', 'torch_utils', 'schedulers', 'metrics', 'patches'},
     'patches': {'dnnlib', 'torch_utils'},
     'metrics': {'dnnlib', 'torch_utils', 'training', 'patches'},
+    'dataset_build': {'dnnlib', 'torch_utils'},
 }
 # patches sits below training (the pickle loader builds classes that callers registered), so any
 # training module may import it; only the training loop may reach up into metrics (it evaluates).

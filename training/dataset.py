@@ -18,7 +18,7 @@ import PIL.Image
 import torch
 
 import dnnlib
-from training.dataset_build import image_extensions, is_image_name
+from dnnlib.util import image_extensions, is_image_name
 
 _HASH_CHUNK = 1 << 20  # 1 MiB reads keep the hash streaming without holding whole images twice.
 
