@@ -305,12 +305,3 @@ def resolve_detector(spec=None, device='cpu', verbose=True) -> Detector:
         return _build(_auto_choice[0], _auto_choice[1], device)
     path = util.resolve_path_or_url(spec)
     return _build(path, inception_name(path), device)
-
-
-def resolve_vgg16(device='cpu') -> Detector:
-    """NVIDIA's VGG16 feature network (precision/recall). Needs the cached or downloadable file."""
-    try:
-        path = _cached_or_download(NVIDIA_VGG16_URLS)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f'precision/recall needs NVIDIA\'s vgg16.pt: {e}') from e
-    return _build(path, 'nvidia-vgg16', device)
