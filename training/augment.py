@@ -146,7 +146,7 @@ _LUMA_AXIS = [float(np.float32(1 / np.sqrt(3)))] * 3  # v[:3] above, as the floa
 
 def _batched_matrix(rows, batch_size, device):
     """Stack a nested list of numbers/[N] tensors into a [N, R, C] float32 tensor (no host copies)."""
-    flat = [e if isinstance(e, torch.Tensor) else torch.as_tensor(e, dtype=torch.float32, device=device).expand(batch_size) for row in rows for e in row]
+    flat = [e if isinstance(e, torch.Tensor) else _filled(e, batch_size, device) for row in rows for e in row]
     return torch.stack(flat, dim=-1).reshape(batch_size, len(rows), len(rows[0]))
 
 

@@ -78,6 +78,6 @@ class _GridSample2dBackward(torch.autograd.Function):
             raise NotImplementedError('grid_sample_gradfix: no second-order gradient through the grid')
         grad2_grad_output = None
         if ctx.needs_input_grad[0] and grad2_grad_input is not None:
-            grad2_grad_output = 1.001 * _GridSample2dForward.apply(grad2_grad_input, grid)
+            grad2_grad_output = _GridSample2dForward.apply(grad2_grad_input, grid)
         # The input gradient does not depend on the input (sampling is linear in it): no term for it.
         return grad2_grad_output, None, None, None, None
