@@ -47,7 +47,11 @@ def _cases(scale):
         ('upsample2d  fir4  img [16,3,256,256]', fir(upfirdn2d.upsample2d, [16, 3, s(256), s(256)], FIR4)),
         ('upfirdn2d sym6 up2 (ADA) [16,3,256,256]',
          fir(upfirdn2d.upfirdn2d, [16, 3, s(256), s(256)], SYM6, up=2, padding=[6, 5, 6, 5], gain=4)),
+        ('upfirdn2d sym6 down2 (ADA) [16,3,512,512]',
+         fir(upfirdn2d.upfirdn2d, [16, 3, s(512), s(512)], SYM6, down=2, padding=[5, 5, 5, 5])),
         ('bias_act lrelu clamp [16,512,32,32]', act([16, 512, s(32), s(32)], act='lrelu', clamp=256)),
+        # At this size impl='auto' takes the PyTorch path (bias_act.SMALL_NUMEL): this row checks that choice.
+        ('bias_act lrelu mapping [32,512]', act([32, 512], act='lrelu')),
         ('bias_act linear [16,512,64,64]', act([16, 512, s(64), s(64)], act='linear')),
         ('bias_act swish [16,256,64,64]', act([16, 256, s(64), s(64)], act='swish')),
     ]

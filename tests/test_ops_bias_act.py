@@ -111,6 +111,32 @@ def test_cpu_takes_reference_path():
         B.which_impl(torch.zeros(1), 'cuda')
 
 
+def test_small_tensors_take_the_pytorch_path_under_auto(monkeypatch):
+    """With a kernel available, 'auto' uses it only above SMALL_NUMEL; 'cuda' always uses it."""
+    from torch_utils import custom_ops
+    monkeypatch.setattr(custom_ops, 'choose_impl', lambda x, impl, load: 'ref' if impl == 'ref' else 'cuda')
+    monkeypatch.setattr(B, '_load_plugin', lambda required: _KernelFormulaPlugin)
+    monkeypatch.setattr(_KernelFormulaPlugin, 'calls', [])
+    small = torch.randn([4, B.SMALL_NUMEL // 4], dtype=torch.float64)
+    large = torch.randn([4, B.SMALL_NUMEL // 4 + 1], dtype=torch.float64)
+    assert (B.which_impl(small), B.which_impl(large), B.which_impl(small, 'cuda')) == ('ref', 'cuda', 'cuda')
+    for x in (small, large):
+        b = torch.randn([4], dtype=torch.float64)
+        torch.testing.assert_close(B.bias_act(x, b, dim=0, act='lrelu', clamp=1.0),
+                                   B.bias_act(x, b, dim=0, act='lrelu', clamp=1.0, impl='ref'))
+    assert _KernelFormulaPlugin.calls == [0]  # only the large tensor reached the kernel
+
+
+def test_absent_tensors_share_one_empty_per_device_and_dtype():
+    x = torch.zeros(3)
+    assert B._empty(x) is B._empty(torch.ones(5)) and B._empty(x).numel() == 0
+    assert B._empty(x.double()) is not B._empty(x)
+    with torch.inference_mode():
+        B._empties.clear()
+        e = B._empty(x)
+    assert not e.is_inference()  # may be saved for backward later
+
+
 # ----------------------------------------------------------------------------------------------------------
 # CUDA kernel against the reference.
 
@@ -254,6 +280,29 @@ class _KernelFormulaPlugin:
         if grad == 1:
             return x * _D1[act](z, t, alpha, y * gain) * gain * mask
         return x * dy * _D2[act](z, t, gain) * mask
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize('offset,numel', [(0, 4099), (1, 4096), (3, 4101), (2, 1 << 17)])
+def test_cuda_vector_and_tail_paths_match_ref(dtype, offset, numel):
+    """Groups of 4 with vector loads, unaligned views (scalar path) and sizes that leave a tail."""
+    g = torch.Generator().manual_seed(numel + offset)
+    base = (torch.randn([numel + offset], generator=g) * 3).to(device='cuda', dtype=dtype)
+    x = base[offset:].reshape(-1, 1) if numel % 2 else base[offset:].reshape(-1, 2)
+    b = torch.randn([x.shape[1]], generator=g).to(device='cuda', dtype=dtype)
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.float16 else dict(rtol=1e-5, atol=1e-5)
+    for act in ('lrelu', 'swish', 'tanh'):
+        xc = x.detach().requires_grad_(True)
+        xr = x.detach().double().requires_grad_(True)
+        yc = B.bias_act(xc, b, act=act, clamp=4.0, impl='cuda')
+        yr = B.bias_act(xr, b.double(), act=act, clamp=4.0, impl='ref')
+        torch.testing.assert_close(yc.double(), yr, **tol)
+        dy = torch.cos(torch.arange(yc.numel(), device='cuda', dtype=torch.float64)).reshape(yc.shape)
+        (gc,) = torch.autograd.grad(yc, [xc], dy.to(dtype))
+        (gr,) = torch.autograd.grad(yr, [xr], dy)
+        mask = (yr.abs() < 4.0 - 1e-2)  # away from the clamp edge (strict vs closed interval)
+        torch.testing.assert_close(gc.double()[mask], gr[mask], **tol)
 
 
 @pytest.mark.parametrize('act', ACTS)

@@ -300,3 +300,45 @@ def test_cuda_function_plumbing_with_formula_plugin(monkeypatch, up, down, paddi
     for a, b in zip(grads['cuda'], grads['ref']):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     assert _FormulaPlugin.calls > 0
+
+
+# The tiled kernels' cases: (up, down, padding, filter taps, separable), as the networks and ADA call them.
+SYM6 = [0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
+        0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
+        -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148]
+TILED_CASES = [
+    (1, 1, [2, 1, 2, 1], FILTER_4),     # FIR around the resampling convolutions
+    (1, 1, [-1, 2, 1, -2], FILTER_4),   # cropping
+    (2, 1, [2, 1, 2, 1], FILTER_4),     # upsample2d
+    (2, 1, [3, 2, 3, 2], FILTER_4),
+    (1, 2, [1, 1, 1, 1], FILTER_4),     # downsample2d
+    (1, 2, [0, 3, 2, 1], FILTER_4),
+    (2, 1, [6, 5, 6, 5], SYM6),         # ADA's 12-tap upsampling (row + column pass)
+    (1, 2, [-1, 4, 5, -1], SYM6),       # ADA's 12-tap downsampling with a crop
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize('flip', [False, True])
+@pytest.mark.parametrize('up,down,padding,taps', TILED_CASES)
+def test_cuda_tiled_cases_match_ref_and_the_generic_kernel(up, down, padding, taps, flip, dtype):
+    """Tile edges (sizes not multiples of 32, several tiles), odd channel counts; the channels_last input
+    runs the generic kernel, which must give the very same sums."""
+    f = U.setup_filter(taps, device='cuda')
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn([2, 5, 45, 70], generator=g).to(device='cuda', dtype=dtype)
+    kw = dict(up=up, down=down, padding=padding, flip_filter=flip, gain=up * up)
+    y = U.upfirdn2d(x, f, impl='cuda', **kw)
+    y_ref = U.upfirdn2d(x.double(), f, impl='ref', **kw)
+    torch.testing.assert_close(y.double(), y_ref, **GPU_TOL[dtype])
+    y_generic = U.upfirdn2d(x.contiguous(memory_format=torch.channels_last), f, impl='cuda', **kw)
+    assert torch.equal(y, y_generic.contiguous())
+
+
+@pytest.mark.gpu
+def test_cuda_tiled_kernel_loops_over_more_planes_than_the_grid_holds():
+    f = U.setup_filter(FILTER_4, device='cuda')
+    x = torch.randn([2, 33000, 3, 2], device='cuda')  # 66000 planes > 65535 grid blocks in z
+    y = U.upsample2d(x, f, impl='cuda')
+    torch.testing.assert_close(y, U.upsample2d(x, f, impl='ref'), rtol=1e-5, atol=1e-5)

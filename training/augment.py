@@ -3,14 +3,20 @@
 Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data", section 2.3
 and appendix B. Every image the discriminator sees goes through `AugmentPipe`; each transform is
 applied to each sample independently with probability (its multiplier) * p, and p is steered by
-`ada_adjust` from the sign of D's outputs on reals (fact sheet 3.5, 7).
+`ada_adjust` from the sign of D's outputs on reals.
 
-The pipeline is written in plain, twice-differentiable PyTorch (torch_utils.ops.grid_sample, reflect
-padding, grouped convolutions), so R1 can be taken through it (fact sheet 6, section 11: upstream
-needed a private aten op for this and broke on newer PyTorch).
+The pipeline is twice differentiable (grid_sample_gradfix, reflect padding, grouped convolutions),
+so R1 can be taken through it. It is also lean on an accelerator: every constant tensor is built once
+per device and cached, and nothing in a call reads a value back to the host, so a call issues no
+host<->device copy and no stream sync (tests/test_augment_counters.py counts them).
+
+This module's source is stored in every snapshot and NVIDIA's loader executes it, so it imports only
+modules their tree also has (torch_utils.misc, persistence, ops.upfirdn2d, ops.grid_sample_gradfix)
+and calls only functions those provide, with their signatures.
 """
 
 import math
+import statistics
 
 import numpy as np
 import torch
@@ -18,7 +24,8 @@ import torch.nn.functional as F
 
 from torch_utils import misc
 from torch_utils import persistence
-from torch_utils.ops import grid_sample, upfirdn2d
+from torch_utils.ops import grid_sample_gradfix
+from torch_utils.ops import upfirdn2d
 
 # ---------------------------------------------------------------------------------------------
 # Wavelet low-pass (decomposition) filters: published constants (Daubechies' least-asymmetric
@@ -35,7 +42,7 @@ SYM6 = [
 wavelets = {'sym2': SYM2, 'sym6': SYM6}
 
 # ---------------------------------------------------------------------------------------------
-# --augpipe presets (fact sheet 2.4): every listed transform gets probability multiplier 1.
+# --augpipe presets (the same table as upstream): every listed transform gets probability multiplier 1.
 
 _BLIT = dict(xflip=1, rotate90=1, xint=1)
 _GEOM = dict(scale=1, rotate=1, aniso=1, xfrac=1)
@@ -63,7 +70,7 @@ augpipe_specs = {
 
 
 def ada_adjust(p, sign_mean, target, batch_size, interval, ada_kimg, p_max=None):
-    """One ADA update of the augmentation probability (paper section 3, fact sheet 3.5).
+    """One ADA update of the augmentation probability (paper section 3).
 
     p <- max(p + sign(r_t - target) * batch_size * interval / (ada_kimg * 1000), 0), so p can move
     from 0 to 1 in ada_kimg thousand images. Upstream has no upper bound; `p_max` (the
@@ -92,13 +99,54 @@ def ada_adjust(p, sign_mean, target, batch_size, interval, ada_kimg, p_max=None)
     return p
 
 # ---------------------------------------------------------------------------------------------
+# Constants, cached per device. Building a constant per call costs a host->device copy (and a
+# stream sync) on CUDA for every entry; these are built once and must never be modified in place.
+
+_const_cache = dict()
+
+
+def _cached(key, device, build):
+    """The tensor `build(device)` made on first use of (key, device), then reused."""
+    full_key = (key, str(device))
+    value = _const_cache.get(full_key)
+    if value is None:
+        # Normal tensors even when the first call runs under inference_mode/no_grad: they are
+        # reused later in autograd graphs, where inference tensors are refused.
+        with torch.inference_mode(False), torch.no_grad():
+            value = build(torch.device(device))
+        _const_cache[full_key] = value
+    return value
+
+
+def _filled(value, n, device):
+    """Cached float32 [n] tensor holding `value` (same float32 rounding as torch.as_tensor)."""
+    return _cached(('filled', float(value), n), device,
+                   lambda dev: torch.full([n], float(value), dtype=torch.float32, device=dev))
+
+
+def _eye(size, device):
+    return _cached(('eye', size), device, lambda dev: torch.eye(size, device=dev))
+
+
+def _luma_constants(device):
+    """(vv, I - vv - e3 e3^T, e3 e3^T) for the luma axis v = [1, 1, 1, 0] / sqrt(3), as [4, 4]."""
+    def build(dev):
+        v = torch.tensor([1, 1, 1, 0], dtype=torch.float32, device=dev) / np.sqrt(3)
+        vv = torch.outer(v, v)
+        e33 = torch.diag(torch.eye(4, device=dev)[3])
+        return vv, torch.eye(4, device=dev) - vv - e33, e33
+    return _cached('luma', device, build)
+
+
+_LUMA_AXIS = [float(np.float32(1 / np.sqrt(3)))] * 3  # v[:3] above, as the float32 values
+
+# ---------------------------------------------------------------------------------------------
 # Batched homogeneous matrices. Elements may be Python numbers or tensors of shape [N].
 
 
 def _batched_matrix(rows, batch_size, device):
-    """Stack a nested list of scalars/[N] tensors into a [N, R, C] float32 tensor."""
-    flat = [torch.as_tensor(e, dtype=torch.float32, device=device).expand(batch_size)
-            for row in rows for e in row]
+    """Stack a nested list of numbers/[N] tensors into a [N, R, C] float32 tensor (no host copies)."""
+    flat = [e if isinstance(e, torch.Tensor) else _filled(e, batch_size, device) for row in rows for e in row]
     return torch.stack(flat, dim=-1).reshape(batch_size, len(rows), len(rows[0]))
 
 
@@ -140,7 +188,7 @@ def _rotate3d(axis, theta, n, dev):
 
 
 def _build_filter_bank(lowpass, num_bands=4):
-    """Image-space filter bank from an orthogonal wavelet (fact sheet 7, "Hz_fbank construction").
+    """Image-space filter bank from an orthogonal wavelet (the ADA paper's appendix B).
 
     Row 0 is the coarsest low-pass band and row num_bands-1 the finest high-pass band. Because
     the half-band pair satisfies h2 + g2 = delta (power complementarity of an orthogonal wavelet),
@@ -204,6 +252,64 @@ def _mirror_index(idx, size):
     return torch.where(idx < size, idx, period - idx)
 
 # ---------------------------------------------------------------------------------------------
+# Per-size constants of the transforms (cached per device).
+
+
+def _blit_coords(W, H, device):
+    """[3, H*W] homogeneous pixel coordinates relative to the image centre."""
+    def build(dev):
+        ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
+                                torch.arange(W, device=dev, dtype=torch.float32), indexing='ij')
+        return torch.stack([xs.flatten() - (W - 1) / 2, ys.flatten() - (H - 1) / 2,
+                            torch.ones([H * W], device=dev)])
+    return _cached(('blit', W, H), device, build)
+
+
+def _geometry_padding(W, H):
+    """Reflect padding [left, right, top, bottom] of the geometric resampling: one full reflection."""
+    return [W - 1, W - 1, H - 1, H - 1]
+
+
+def _geometry_frame(W, H, border, device):
+    """([1, 3, 3] pre, [1, 3, 3] post) with theta = pre @ G_inv @ post mapping canvas -> input.
+
+    post: normalised output canvas -> centred output pixels, shifted by the filter lag;
+    pre: centred pixels -> normalised padded input, undoing the lag and moving by the padding.
+    sym6 is not symmetric: the upsampler delays the signal by `lag` pixels and the flipped
+    downsampler advances it by the same amount. Those cancel for the identity but not for a flip
+    or rotation, so G_inv is conjugated with the lag to keep flips and rot90s aligned.
+    """
+    def build(dev):
+        left, right, top, bottom = _geometry_padding(W, H)
+        Wp, Hp = W + left + right, H + top + bottom
+        Wc, Hc = 2 * W + 4 * border, 2 * H + 4 * border
+        lag = _filter_lag(SYM6)  # from the constant, not the buffer: no device read
+        out_to_pix = _scale2d(Wc / 4, Hc / 4, 1, dev)
+        pad_shift = _translate2d((left - right) / 2, (top - bottom) / 2, 1, dev)
+        pix_to_in = _scale2d(2 / Wp, 2 / Hp, 1, dev)
+        pre = pix_to_in @ pad_shift @ _translate2d(lag, lag, 1, dev)
+        return pre, _translate2d(-lag, -lag, 1, dev) @ out_to_pix
+    return _cached(('frame', W, H, border), device, build)
+
+
+def _imgfilter_constants(num_bands, device):
+    """(expected power per band [bands], one bool mask [bands] per band)."""
+    def build(dev):
+        # Expected power spectrum of natural images per band, so boosting a band keeps the total.
+        power = torch.tensor([10, 1, 1, 1], dtype=torch.float32, device=dev) / 13
+        masks = [torch.arange(num_bands, device=dev) == band for band in range(num_bands)]
+        return power, masks
+    return _cached(('imgfilter', num_bands), device, build)
+
+
+def _cutout_coords(W, H, device):
+    """Pixel-centre coordinates in [0, 1]: x as [1, 1, 1, W], y as [1, 1, H, 1]."""
+    def build(dev):
+        return (((torch.arange(W, device=dev) + 0.5) / W)[None, None, None, :],
+                ((torch.arange(H, device=dev) + 0.5) / H)[None, None, :, None])
+    return _cached(('cutout', W, H), device, build)
+
+# ---------------------------------------------------------------------------------------------
 
 
 class _Draws:
@@ -230,8 +336,8 @@ class _Draws:
         shape = [self.n, *shape]
         if self.q is None:
             return torch.randn(shape, device=self.device)
-        return torch.full(shape, math.sqrt(2) * float(torch.erfinv(torch.tensor(2 * float(self.q) - 1))),
-                          device=self.device)
+        # The quantile on the host (no device read): inverse normal CDF of q.
+        return torch.full(shape, statistics.NormalDist().inv_cdf(float(self.q)), device=self.device)
 
     def integer(self, high):
         """Uniform integers in {0, ..., high-1}, shape [N], as float32."""
@@ -251,7 +357,7 @@ class AugmentPipe(torch.nn.Module):
     Each `<name>` argument is the probability multiplier of one transform (0 = disabled); the
     transform is applied to each sample with probability multiplier * p, where `p` is a buffer
     (overwritten by the training loop and adjusted by ADA). The `*_std`/`*_max` arguments set the
-    strength of the random parameters (fact sheet 7 lists the distributions).
+    strength of the random parameters (distributions as in the ADA paper, appendix B).
     """
 
     def __init__(self,
@@ -348,7 +454,7 @@ class AugmentPipe(torch.nn.Module):
     # -----------------------------------------------------------------------------------------
     # Geometry. Coordinates are pixels relative to the image centre (x right, y down); an inverse
     # matrix maps output pixel -> input pixel and grows by right-multiplication, each step appending
-    # the inverse of its forward transform (fact sheet 7 table).
+    # the inverse of its forward transform.
     #
     # Deliberate difference from upstream: the integer "blit" steps (xflip, rotate90, xint) are
     # executed first as an exact per-sample pixel gather instead of being folded into the resampled
@@ -361,7 +467,7 @@ class AugmentPipe(torch.nn.Module):
         if max(self.xflip, self.rotate90, self.xint) <= 0:
             return None
         n, dev, p = draws.n, draws.device, self.p
-        B_inv = torch.eye(3, device=dev).expand(n, 3, 3)
+        B_inv = _eye(3, dev).expand(n, 3, 3)
         if self.xflip > 0:
             i = torch.where(draws.gate(self.xflip * p), draws.integer(2), 0)
             B_inv = B_inv @ _scale2d(1 - 2 * i, 1, n, dev)                         # flip is its own inverse
@@ -378,12 +484,7 @@ class AugmentPipe(torch.nn.Module):
     def _apply_blit(x, B_inv):
         """Exact integer resampling: gather each output pixel from the reflected input."""
         N, C, H, W = x.shape
-        dev = x.device
-        ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
-                                torch.arange(W, device=dev, dtype=torch.float32), indexing='ij')
-        coords = torch.stack([xs.flatten() - (W - 1) / 2, ys.flatten() - (H - 1) / 2,
-                              torch.ones([H * W], device=dev)])                # [3, HW] centred
-        src = B_inv @ coords                                                   # [N, 3, HW]
+        src = B_inv @ _blit_coords(W, H, x.device)                              # [N, 3, HW]
         # Rounding only matters for rotate90 of non-square images with odd W - H.
         sx = _mirror_index(torch.round(src[:, 0] + (W - 1) / 2).long(), W)
         sy = _mirror_index(torch.round(src[:, 1] + (H - 1) / 2).long(), H)
@@ -395,7 +496,7 @@ class AugmentPipe(torch.nn.Module):
         if max(self.scale, self.rotate, self.aniso, self.xfrac) <= 0:
             return None
         n, dev, p = draws.n, draws.device, self.p
-        G_inv = torch.eye(3, device=dev).expand(n, 3, 3)
+        G_inv = _eye(3, dev).expand(n, 3, 3)
         if self.scale > 0:
             s = torch.exp2(draws.normal() * self.scale_std)
             s = torch.where(draws.gate(self.scale * p), s, 1)
@@ -421,48 +522,24 @@ class AugmentPipe(torch.nn.Module):
             G_inv = G_inv @ _translate2d(-t[:, 0] * W, -t[:, 1] * H, n, dev)
         return G_inv
 
-    def _geometry_padding(self, G_inv, W, H, border):
-        """Reflect padding [left, right, top, bottom] that covers every sampled input pixel."""
-        # Corners of the output canvas (image plus `border` pixels), mapped into the input.
-        cx, cy = (W - 1) / 2 + border, (H - 1) / 2 + border
-        corners = torch.tensor([[-cx, -cy, 1], [cx, -cy, 1], [cx, cy, 1], [-cx, cy, 1]],
-                               dtype=torch.float32, device=G_inv.device).t()  # [3, 4]
-        src = G_inv @ corners                                                  # [N, 3, 4]
-        sx, sy = src[:, 0, :], src[:, 1, :]
-        # Margin: the up-sampling filter's half footprint (border) plus one pixel for bilinear.
-        margin = border + 1
-        need = torch.stack([-sx.min() - (W - 1) / 2, sx.max() - (W - 1) / 2,
-                            -sy.min() - (H - 1) / 2, sy.max() - (H - 1) / 2]) + margin
-        need = need.ceil().clamp(min=0)
-        # Beyond one full reflection the sampler reads zeros (grid_sample padding_mode='zeros').
-        limit = torch.tensor([W - 1, W - 1, H - 1, H - 1], dtype=need.dtype, device=need.device)
-        return [int(v) for v in torch.minimum(need, limit).tolist()]  # one host sync per batch
-
     def _apply_geometry(self, x, G_inv):
-        """Reflect pad, 2x upsample, resample with G_inv, 2x downsample (fact sheet 7)."""
+        """Reflect pad, 2x upsample, resample with G_inv, 2x downsample."""
         N, C, H, W = x.shape
         border = self.Hz_geom.shape[0] // 4                     # 3 output pixels for 12 taps
-        left, right, top, bottom = self._geometry_padding(G_inv, W, H, border)
+        # Padding by one full reflection on every side, whatever the draws: a padding fitted to the
+        # batch's matrices (upstream's choice) must be read back to the host, a stream sync per
+        # call. Beyond one reflection the sampler reads zeros either way, so the samples are the
+        # same; the cost is a larger upsampled intermediate (about 3x per axis).
+        left, right, top, bottom = _geometry_padding(W, H)
         x = _reflect_pad(x, [left, right, top, bottom])
-        Wp, Hp = W + left + right, H + top + bottom
         x = upfirdn2d.upsample2d(x=x, f=self.Hz_geom, up=2)     # [N, C, 2Hp, 2Wp]
-
-        # Output canvas in the upsampled domain: the image plus `border` pixels on each side.
-        Wc, Hc = 2 * W + 4 * border, 2 * H + 4 * border
-        dev = x.device
-        out_to_pix = _scale2d(Wc / 4, Hc / 4, 1, dev)            # normalised canvas -> centred pixels
-        pad_shift = _translate2d((left - right) / 2, (top - bottom) / 2, 1, dev)  # centre moves by padding
-        pix_to_in = _scale2d(2 / Wp, 2 / Hp, 1, dev)             # centred pixels -> normalised input
-        # sym6 is not symmetric: the upsampler delays the signal by `lag` pixels and the flipped
-        # downsampler advances it by the same amount. Those cancel for the identity but not for a
-        # flip or rotation, so conjugate G_inv with the lag to keep flips and rot90s aligned.
-        lag = _filter_lag(SYM6)  # from the constant, not the buffer: no device read
-        lag_in, lag_out = _translate2d(lag, lag, 1, dev), _translate2d(-lag, -lag, 1, dev)
-        theta = (pix_to_in @ pad_shift @ lag_in @ G_inv @ lag_out @ out_to_pix)[:, :2, :]
+        Wc, Hc = 2 * W + 4 * border, 2 * H + 4 * border         # canvas: image plus `border` px
+        pre, post = _geometry_frame(W, H, border, x.device)
+        theta = (pre @ G_inv @ post)[:, :2, :]
         grid = F.affine_grid(theta.to(x.dtype), [N, C, Hc, Wc], align_corners=False)
-        # R1 through the pipe differentiates this twice w.r.t. x; grid_sample uses torch's kernel
-        # where that works on this device and an indexing-op reference where it does not.
-        x = grid_sample.grid_sample(x, grid)
+        # R1 through the pipe differentiates this twice w.r.t. x: torch's kernels plus a double
+        # backward of our own (grid_sample_gradfix).
+        x = grid_sample_gradfix.grid_sample(x, grid)
 
         # Flipped filter on the way down cancels the phase of the (nearly symmetric) sym6.
         return upfirdn2d.downsample2d(x=x, f=self.Hz_geom, down=2, padding=-border * 2, flip_filter=True)
@@ -476,9 +553,8 @@ class AugmentPipe(torch.nn.Module):
         if max(self.brightness, self.contrast, self.lumaflip, self.hue, self.saturation) <= 0:
             return None
         n, dev, p = draws.n, draws.device, self.p
-        I_4 = torch.eye(4, device=dev)
-        v = torch.tensor([1, 1, 1, 0], dtype=torch.float32, device=dev) / np.sqrt(3)
-        vv = torch.outer(v, v)
+        I_4 = _eye(4, dev)
+        vv, chroma, e33 = _luma_constants(dev)
         C = I_4.expand(n, 4, 4)
 
         if self.brightness > 0:
@@ -495,12 +571,12 @@ class AugmentPipe(torch.nn.Module):
         if self.hue > 0 and num_channels > 1:
             theta = (draws.uniform() * 2 - 1) * np.pi * self.hue_max
             theta = torch.where(draws.gate(self.hue * p), theta, 0)
-            C = _rotate3d(v[:3].tolist(), theta, n, dev) @ C          # rotate chroma about the luma axis
+            C = _rotate3d(_LUMA_AXIS, theta, n, dev) @ C              # rotate chroma about the luma axis
         if self.saturation > 0 and num_channels > 1:
             s = torch.exp2(draws.normal() * self.saturation_std)
             s = torch.where(draws.gate(self.saturation * p), s, 1)
             # Keep luma, scale chroma by s; the homogeneous entry stays 1.
-            C = (vv + (I_4 - vv - torch.diag(I_4[3])) * s[:, None, None] + torch.diag(I_4[3])) @ C
+            C = (vv + chroma * s[:, None, None] + e33) @ C
         return C
 
     @staticmethod
@@ -527,16 +603,14 @@ class AugmentPipe(torch.nn.Module):
         N, C, H, W = x.shape
         num_bands, taps = self.Hz_fbank.shape
         assert len(self.imgfilter_bands) == num_bands, f'imgfilter_bands must have {num_bands} entries'
-        dev = x.device
-        # Expected power spectrum of natural images per band, so boosting a band keeps the total.
-        expected_power = torch.tensor([10, 1, 1, 1], dtype=torch.float32, device=dev) / 13
-        gains = torch.ones([N, num_bands], device=dev)
+        expected_power, band_masks = _imgfilter_constants(num_bands, x.device)
+        gains = None
         for band, strength in enumerate(self.imgfilter_bands):
             t = torch.exp2(draws.normal() * self.imgfilter_std)
             t = torch.where(draws.gate(self.imgfilter * self.p * strength), t, 1)
-            t_vec = torch.where(torch.arange(num_bands, device=dev) == band, t[:, None], 1.0)  # [N, bands]
+            t_vec = torch.where(band_masks[band], t[:, None], 1.0)            # [N, bands]
             t_vec = t_vec / (expected_power * t_vec.square()).sum(dim=-1, keepdim=True).sqrt()
-            gains = gains * t_vec
+            gains = t_vec if gains is None else gains * t_vec               # 1 * t_vec == t_vec exactly
         kernel = (gains @ self.Hz_fbank).to(x.dtype)                  # [N, taps]
         kernel = kernel[:, None, :].expand(N, C, taps).reshape(N * C, 1, taps)
         half = taps // 2
@@ -556,8 +630,7 @@ class AugmentPipe(torch.nn.Module):
         N, C, H, W = x.shape
         size = torch.where(draws.gate(self.cutout * self.p), self.cutout_size, 0.0)
         centre = draws.uniform(2)
-        coord_x = ((torch.arange(W, device=x.device) + 0.5) / W)[None, None, None, :]
-        coord_y = ((torch.arange(H, device=x.device) + 0.5) / H)[None, None, :, None]
+        coord_x, coord_y = _cutout_coords(W, H, x.device)
         half = (size / 2)[:, None, None, None]
         keep_x = (coord_x - centre[:, 0, None, None, None]).abs() >= half
         keep_y = (coord_y - centre[:, 1, None, None, None]).abs() >= half

@@ -2,7 +2,7 @@
 
     y = clamp(act(x + b, alpha) * gain, -clamp, +clamp)
 
-with b broadcast along `dim` (fact sheet 5.2; upstream order: activation, then gain, then clamp).
+with b broadcast along `dim` (upstream's order: activation, then gain, then clamp).
 alpha and gain default to the activation's def_alpha and def_gain; clamp=None disables clamping.
 
 Two implementations:
@@ -13,6 +13,9 @@ Two implementations:
     One documented difference: the CUDA backward zeroes the gradient where the forward output was not
     strictly inside (-clamp, +clamp), while torch.clamp (the reference) passes it on the closed interval;
     the two agree everywhere except at outputs exactly equal to +-clamp.
+impl='auto' takes the kernel for CUDA tensors of more than SMALL_NUMEL elements; smaller ones (e.g. the
+mapping network's [batch, 512] activations) take the reference, whose few native kernels cost less than the
+custom autograd.Function's Python overhead there.
 """
 
 import functools
@@ -32,6 +35,8 @@ _HEADERS = [os.path.join(_SRC_DIR, 'bias_act.h'), os.path.join(_SRC_DIR, 'cuda_n
 # --use_fast_math: exp/tanh/log use the fast intrinsics. Their relative error (~1e-6) is far below the
 # float16 resolution the networks run at and below the test tolerances; upstream made the same choice.
 _BUILD_KWARGS = dict(extra_cuda_cflags=['--use_fast_math'])
+
+SMALL_NUMEL = 1 << 14  # impl='auto' uses the PyTorch path up to this many elements
 
 _SELU_SCALE = 1.0507009873554805   # lambda of SELU (Klambauer et al. 2017)
 _SELU_ALPHA = 1.6732632423543772
@@ -64,8 +69,11 @@ _load_plugin = custom_ops.plugin_loader(_PLUGIN_NAME, _SOURCES, _HEADERS, **_BUI
 
 
 def which_impl(x, impl='auto'):
-    """'ref' or 'cuda' for a call with this tensor and impl (rules: custom_ops.choose_impl)."""
-    return custom_ops.choose_impl(x, impl, _load_plugin)
+    """'ref' or 'cuda' for a call with this tensor and impl (custom_ops.choose_impl, then the size rule)."""
+    choice = custom_ops.choose_impl(x, impl, _load_plugin)
+    if choice == 'cuda' and impl == 'auto' and x.numel() <= SMALL_NUMEL:
+        return 'ref'
+    return choice
 
 
 def cuda_available():
@@ -106,9 +114,7 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     gain = float(spec.def_gain if gain is None else gain)
     clamp = float(-1 if clamp is None else clamp)
     if which_impl(x, impl) == 'cuda':
-        if b is None:
-            b = x.new_empty([0])
-        return _bias_act_cuda(dim, act, alpha, gain, clamp).apply(x, b)
+        return _bias_act_cuda(dim, act, alpha, gain, clamp).apply(x, _empty(x) if b is None else b)
     return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
 
@@ -126,6 +132,19 @@ def _bias_act_ref(x, b, dim, act, alpha, gain, clamp):
 
 # ----------------------------------------------------------------------------------------------------------
 # CUDA path.
+
+_empties = dict()
+
+
+def _empty(like):
+    """A shared empty tensor of like's device and dtype: the kernel's "absent" argument, allocated once."""
+    key = (like.device, like.dtype)
+    t = _empties.get(key)
+    if t is None:
+        with torch.inference_mode(False):  # a normal tensor: it is saved for backward
+            t = _empties[key] = torch.empty([0], device=like.device, dtype=like.dtype)
+    return t
+
 
 def _format_of(t):
     """Memory format whose element order t follows: channels_last for NHWC-dense 4-D tensors."""
@@ -175,7 +194,7 @@ def _bias_act_cuda(dim, act, alpha, gain, clamp):
     class BiasActCuda(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, b):
-            empty = x.new_empty([0])
+            empty = _empty(x)
             y = kernel(_dense(x), b.contiguous(), empty, empty, empty, 0)
             # Save the inputs themselves (not dense copies) so double backward reaches x and b.
             ctx.save_for_backward(x if need_x else empty, b if need_x else empty, y if need_y else empty)
@@ -196,8 +215,8 @@ def _bias_act_cuda(dim, act, alpha, gain, clamp):
 
         @staticmethod
         def forward(ctx, dy, x, b, y):
-            ctx.save_for_backward(dy if spec.has_2nd_grad else dy.new_empty([0]), x, b, y)
-            return grad_kernel(dy, x, b, y, dy.new_empty([0]), 1)
+            ctx.save_for_backward(dy if spec.has_2nd_grad else _empty(dy), x, b, y)
+            return grad_kernel(dy, x, b, y, _empty(dy), 1)
 
         @staticmethod
         def backward(ctx, d_dx):

@@ -1,6 +1,6 @@
 """conv2d_resample: 2-D convolution fused with FIR up/downsampling.
 
-Semantics (fact sheet 5.3), per sample:
+Semantics (as upstream), per sample:
     x -> zero-insert by `up` -> pad -> conv with w -> FIR f -> keep every `down`-th sample
 where the FIR runs with gain up**2 when up > 1 (DC-preserving), and once more (gain 1) before the
 decimation when down > 1. `padding` is given w.r.t. the upsampled image and applied once; the layer

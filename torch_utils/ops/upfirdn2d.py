@@ -1,7 +1,7 @@
 """upfirdn2d: upsample, pad, FIR-filter and downsample a batch of 2-D images, channel by channel.
 
 Semantics of upfirdn2d(x, f, up, down, padding, flip_filter, gain), per channel and per axis
-(upstream fact sheet, section 5.1):
+(as upstream):
   1. upsample: insert up-1 zeros after every sample;
   2. pad with zeros by [x0, x1, y0, y1] (negative values crop);
   3. convolve with f -- a true convolution, or a correlation when flip_filter=True -- keeping only the
@@ -75,7 +75,7 @@ def _get_filter_size(f):
 
 
 def _output_size(in_size, up, down, pad0, pad1, taps):
-    """Per-axis output size of upfirdn2d (fact sheet 5.1)."""
+    """Per-axis output size of upfirdn2d."""
     return (in_size * up + pad0 + pad1 - taps + down) // down
 
 
@@ -268,7 +268,7 @@ def _upfirdn2d_cuda(up, down, padding, flip_filter, gain):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Convenience wrappers (padding conventions from fact sheet 5.1).
+# Convenience wrappers (upstream's padding conventions).
 
 def filter2d(x, f, padding=0, flip_filter=False, gain=1, impl='auto'):
     """Filter without changing the image size (extra padding is added around the user's).
