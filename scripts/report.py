@@ -605,6 +605,8 @@ def _paper_comparison(tables, points):
 
 
 def _html_table(table, max_n):
+    if all(c['status'] == 'missing' for row in table['rows'] for c in row['cells']):
+        return report_html.paragraph('No runs of this group yet: every cell is missing.')
     rows, classes = [], []
     for row in table['rows']:
         rows.append([row['label']] + [cell_text(c, markdown=False, max_n=max_n) for c in row['cells']])
@@ -617,9 +619,9 @@ def _html_page(md_title, intro, tables, table_titles, analyses_md, status, figur
     sections = [(None, ''.join(report_html.paragraph(t) for t in intro))]
     for name, title in table_titles:
         sections.append((title, _html_table(tables[name], max_n)))
-    sections.append(('Paired comparisons, rankings' + (' and the paper' if len(analyses_md) > 8 else ''),
-                     '<pre>' + report_html.esc('\n'.join(analyses_md)) + '</pre>'))
-    sections.append(('Run status', '<pre>' + report_html.esc('\n'.join(status)) + '</pre>'))
+    sections.append(('Paired comparisons and rankings', report_html.markdown_html('\n'.join(analyses_md))))
+    sections.append(('Run status', report_html.markdown_html('\n'.join(s.lstrip('- ') for s in status))
+                     or report_html.paragraph('All runs of the grid finished.')))
     figs = [report_html.figure_html(name, data) for name, data in figures if data is not None]
     missing = [name for name, data in figures if data is None]
     note = report_html.paragraph(f'Not drawn (no data): {", ".join(missing)}.', note=True) if missing else ''

@@ -6,6 +6,7 @@ are given as (heading, html) pairs built by the helpers below from the same data
 
 import base64
 import html
+import re
 
 STYLE = '''
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -33,6 +34,40 @@ def table_html(header, rows, classes=None):
         out.append('<tr>' + ''.join(f'<td class="{c}">{esc(t)}</td>' if c else f'<td>{esc(t)}</td>'
                                     for t, c in zip(row, cls)) + '</tr>')
     out.append('</table>')
+    return '\n'.join(out)
+
+
+def _inline(text):
+    """Escape, then turn the report's own Markdown marks (**x**, <u>x</u>, `x`) back into tags."""
+    out = esc(text)
+    out = re.sub(r'\*\*(.+?)\*\*', r'<b>\1</b>', out)
+    out = re.sub(r'&lt;u&gt;(.+?)&lt;/u&gt;', r'<u>\1</u>', out)
+    return re.sub(r'`(.+?)`', r'<code>\1</code>', out)
+
+
+def markdown_html(md):
+    """The subset of Markdown the report writes (### headings, pipe tables, paragraphs) as HTML."""
+    out, table = [], []
+
+    def flush():
+        if table:
+            rows = [[c.strip() for c in line.strip('|').split('|')] for line in table if not set(line) <= set('|-:')]
+            out.append('<table>' + '<tr>' + ''.join(f'<th>{_inline(c)}</th>' for c in rows[0]) + '</tr>' +
+                       ''.join('<tr>' + ''.join(f'<td>{_inline(c)}</td>' for c in r) + '</tr>' for r in rows[1:]) +
+                       '</table>')
+            table.clear()
+    for line in md.splitlines():
+        if line.startswith('|'):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith('### '):
+            out.append(f'<h3>{_inline(line[4:])}</h3>')
+        elif line.startswith('## '):
+            out.append(f'<h2>{_inline(line[3:])}</h2>')
+        elif line.strip():
+            out.append(f'<p>{_inline(line)}</p>')
+    flush()
     return '\n'.join(out)
 
 
