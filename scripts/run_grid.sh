@@ -50,6 +50,9 @@ while (($#)); do
     shift
 done
 [[ ${#positional[@]} -eq 2 ]] || die_usage "expected DATA_DIR and RUNS_DIR"
+[[ $repeats =~ ^[1-9][0-9]*$ ]] || die_usage "--repeats needs a whole number >= 1, got '$repeats'"
+[[ -z $points || $points =~ ^[0-9]+(,[0-9]+)*$ ]] || die_usage "--points needs comma-separated whole kimg, got '$points'"
+[[ $gpus =~ ^[1-9][0-9]*$ ]] || die_usage "--gpus needs a whole number >= 1, got '$gpus'"
 
 # The commands run from the repository root (train.py is relative), so make user paths absolute first.
 abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }

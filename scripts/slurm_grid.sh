@@ -60,6 +60,9 @@ while (($#)); do
     shift
 done
 [[ ${#positional[@]} -eq 2 ]] || die_usage "expected DATA_DIR and RUNS_DIR"
+[[ $repeats =~ ^[1-9][0-9]*$ ]] || die_usage "--repeats needs a whole number >= 1, got '$repeats'"
+[[ -z $points || $points =~ ^[0-9]+(,[0-9]+)*$ ]] || die_usage "--points needs comma-separated whole kimg, got '$points'"
+[[ $gpus =~ ^[1-9][0-9]*$ ]] || die_usage "--gpus needs a whole number >= 1, got '$gpus'"
 data_dir=${positional[0]} runs_dir=${positional[1]}
 # Options that decide which runs exist and what they evaluate: the same for submission and every task.
 grid_opts=(--repeats "$repeats")

@@ -267,3 +267,12 @@ def test_html_renders_in_a_headless_browser(written, tmp_path):
         assert img.size == (1400, 2000)
         colours = img.convert('RGB').getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 50                          # text and tables drawn, not a blank page
+
+
+def test_two_reports_of_the_same_runs_are_identical(replicate_runs, tmp_path):
+    for out in ('a', 'b'):
+        report.write_report(replicate_runs, str(tmp_path / out), compare_paper=True)
+    names = sorted(os.listdir(tmp_path / 'a'))
+    assert names == sorted(os.listdir(tmp_path / 'b')) and 'report.html' in names
+    for name in names:
+        assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes(), name

@@ -515,3 +515,11 @@ def test_slurm_task_passes_other_exit_codes_through_without_requeue(tmp_path):
     assert rc == 3 and calls == []
     rc, out, err, calls = _slurm_task(tmp_path, 'pass\n')
     assert rc == 0 and calls == []
+
+
+@pytest.mark.parametrize('script', ['run_grid.sh', 'slurm_grid.sh'])
+@pytest.mark.parametrize('bad', [('--repeats', '0'), ('--points', '1,x'), ('--gpus', 'two'), ('--points',)])
+def test_drivers_reject_bad_values_in_one_line(tmp_path, script, bad):
+    proc = run_script(script, str(tmp_path / 'd'), str(tmp_path / 'r'), '--dry-run', *bad)
+    assert proc.returncode == 2 and proc.stdout == ''
+    assert proc.stderr.splitlines()[0].startswith(f'{script}: {bad[0]}')
