@@ -16,9 +16,9 @@
 # command and each task's command.
 #
 # Pre-emption and time limits: the job asks Slurm for SIGUSR1 STUDY_SIGNAL_SECONDS (default 300) before
-# its end (sbatch --signal=B:USR1@300 --requeue); the task forwards SIGUSR1/SIGTERM to train.py, which
-# writes a checkpoint and exits with 75; the task then requeues itself (scontrol requeue), and the
-# requeued task continues the run.
+# its end (sbatch --signal=B:USR1@300 --requeue); the task forwards it to train.py (a pre-emption's SIGTERM
+# reaches train.py from Slurm directly), which writes a checkpoint and exits with 75; the task then
+# requeues itself (scontrol requeue), and the requeued task continues the run.
 #
 # The #SBATCH lines above are defaults; these environment variables override them (sbatch options on
 # the command line win over #SBATCH lines):
@@ -36,7 +36,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '10,30p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '/^# Usage:/,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
 }
 die_usage() { echo "slurm_grid.sh: $1" >&2; echo "Try 'scripts/slurm_grid.sh --help'." >&2; exit 2; }
 
@@ -85,7 +85,9 @@ run_task() {
     eval "exec $line" < /dev/null &   # exec: $! is train.py itself, not a subshell around it
     child=$!
     trap 'signalled=1; kill -USR1 "$child" 2> /dev/null || true' USR1
-    trap 'signalled=1; kill -TERM "$child" 2> /dev/null || true' TERM
+    # On pre-emption or scancel Slurm sends SIGTERM to every process of the job, train.py included:
+    # only keep waiting for it (a second, forwarded SIGTERM could cut its checkpoint short).
+    trap 'signalled=1' TERM
     while :; do
         rc=0 signalled=0
         wait "$child" || rc=$?

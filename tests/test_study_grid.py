@@ -523,3 +523,20 @@ def test_drivers_reject_bad_values_in_one_line(tmp_path, script, bad):
     proc = run_script(script, str(tmp_path / 'd'), str(tmp_path / 'r'), '--dry-run', *bad)
     assert proc.returncode == 2 and proc.stdout == ''
     assert proc.stderr.splitlines()[0].startswith(f'{script}: {bad[0]}')
+
+
+def test_slurm_submission_calls_sbatch_with_the_array_and_requeue(tmp_path):
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'sbatch').write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > {tmp_path / "sbatch.log"}\n'
+                                    'echo "Submitted batch job 77"\n')
+    (bin_dir / 'sbatch').chmod(0o755)
+    runs = str(tmp_path / 'runs')
+    write_fake_run(os.path.join(runs, 'Mix-dataset1', 'ddclr'), [40, 60, 80, 100])
+    proc = run_script('slurm_grid.sh', make_data(tmp_path), runs, '--only', '^Mix-dataset1/', '--repeats', '2',
+                      env={'PATH': f'{bin_dir}:{os.environ["PATH"]}'})
+    assert proc.returncode == 0 and 'Submitted batch job 77' in proc.stdout, proc.stderr
+    args = (tmp_path / 'sbatch.log').read_text().splitlines()
+    assert '--array=40,41,43,44,45,46,47,120,121,122,123,124,125,126,127' in args  # 42 (seed 0 ddclr) finished
+    assert '--signal=B:USR1@300' in args and '--requeue' in args and '--open-mode=append' in args
+    assert os.path.isdir(os.path.join(runs, 'slurm-logs'))
