@@ -692,17 +692,33 @@ def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True, points=sg.SNAP
     md += _notes_markdown(notes)
 
     figures = _figures(cells, out_dir, metric, per_count) if plots else []
-    if figures:
-        md += ['## Figures', ''] + [f'![{n}]({n})' for n, data in figures if data is not None]
-        missing = [n for n, data in figures if data is None]
-        md += [f'Not drawn (no data for their schedules): {", ".join(missing)}.'] if missing else []
-        md.append('')
+    md += _figures_markdown(figures)
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'report.md'), '\n'.join(md))
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'report.html'),
                                   _html_page(title, intro, tables, table_titles, analyses_md, lines, figures, max_n))
     _write_csvs(out_dir, cells, tables, paired)
 
-    summary = dict(
+    summary = _summary(runs_dir, metric, points, finished, per_count, count_header, notes, cells, tables,
+                       paired, ranks, lines)
+    if paper_rows is not None:
+        summary['paper_comparison'] = paper_rows
+    dnnlib.util.atomic_write_text(os.path.join(out_dir, 'summary.json'), json.dumps(summary, indent=2) + '\n')
+    summary['paper_text'] = paper_text
+    return summary
+
+
+def _figures_markdown(figures):
+    if not figures:
+        return []
+    md = ['## Figures', ''] + [f'![{n}]({n})' for n, data in figures if data is not None]
+    missing = [n for n, data in figures if data is None]
+    md += [f'Not drawn (no data for their schedules): {", ".join(missing)}.'] if missing else []
+    return md + ['']
+
+
+def _summary(runs_dir, metric, points, finished, per_count, count_header, notes, cells, tables, paired, ranks, lines):
+    """The summary.json content."""
+    return dict(
         metric=metric, runs_dir=os.path.abspath(runs_dir), snap_kimg=list(points), finished=finished,
         num_gen=dict(runs_per_count={str(n): c for n, c in sorted(per_count.items())},
                      note=count_header, mixed_within_runs=notes['mixed_counts']),
@@ -712,11 +728,6 @@ def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True, points=sg.SNAP
               for (d, p), rs in sorted(cells.items()) for r in rs],
         tables=_json_tables(tables), paired=paired, ranks=ranks, status=lines,
         notes={k: notes[k] for k in ('unrecognised', 'duplicates')})
-    if paper_rows is not None:
-        summary['paper_comparison'] = paper_rows
-    dnnlib.util.atomic_write_text(os.path.join(out_dir, 'summary.json'), json.dumps(summary, indent=2) + '\n')
-    summary['paper_text'] = paper_text
-    return summary
 
 
 def _json_tables(tables):
