@@ -1,31 +1,40 @@
-"""Tables and figures of the learning-rate study from a directory of finished (or running) runs.
+"""Tables, statistics and figures of the learning-rate study from a directory of finished (or running) runs.
 
     python -m scripts.report RUNS_DIR --out DIR [--metric fid50k_full] [--points 40,60,80,100] [--no-plots]
+                             [--compare-paper]
 
 Finds every run dir under RUNS_DIR (a directory with training_options.json), identifies its dataset
-(basename of training_set_kwargs.path) and lr schedule (the preset recorded in training_options.json),
-reads metric-<metric>.jsonl, and writes into DIR (with the default evaluation points 40,60,80,100;
+(basename of training_set_kwargs.path), lr schedule (the preset recorded in training_options.json) and
+replicate (its recorded random_seed, else a '<preset>-seed<k>' directory, else 0), reads
+metric-<metric>.jsonl, and writes into DIR (with the default evaluation points 40,60,80,100;
 --points changes them, and the last point replaces 100 in the names):
 
-    report.md                 all tables, run status and notes (Markdown)
+    report.md, report.html    all tables, paired comparisons, rankings, run status, notes and figures
+                              (the HTML page is self-contained: figures embedded as PNG)
     table3_fid100_CelebAMask-HQ.csv, table4_fid100_Mix-dataset.csv
                               FID at the last point, 100 kimg (paper Tables 3 and 4)
     table5_fidmin_CelebAMask-HQ.csv, table6_fidmin_Mix-dataset.csv
                               minimum FID over all points (paper Tables 5 and 6)
-    points.csv                every metric point: dataset, schedule, kimg, value, run dir
+    cells.csv                 every table cell: mean, sd and count over seeds, recorded interval, marks
+    paired.csv                every schedule against DDCLR per table (Wilcoxon signed-rank, sign test)
+    points.csv                every metric point: dataset, schedule, seed, kimg, value, interval, run dir
     summary.json              the same numbers, statuses and notes, machine-readable
     figure5_fid_Mix-dataset.png  FID against kimg on the Mix datasets for the five schedules of the
-                              paper's Figure 5 (DDCLR, DCLR(3), DCLR(1), Fixed, CLR)
+                              paper's Figure 5 (DDCLR, DCLR(3), DCLR(1), Fixed, CLR), with bands
     fid_curves_CelebAMask-HQ.png, fid_curves_Mix-dataset.png   the same for all 8 schedules
     lr_curves.png             lr against kimg of the 8 presets (paper Figures 1-4)
 
+A figure without any data is not written. --compare-paper prints the paper's Tables 3-6
+(scripts/paper_tables.json) beside ours with the difference per cell, and adds them to the report.
+
 Tables follow the paper: rows are the 8 schedules, columns the 5 datasets of a group plus their mean,
-values with 3 decimals. Marking (paper section 3: bold = the best two of each column, double underline
-= the worst two; Markdown has no double underline, so <u>x</u>): **x** for the two lowest values of a
-column, <u>x</u> for the two highest, ranked on unrounded values (ties share a rank, so a tie can mark
-three cells). A column is marked only when it has at least 4 values. A run that does not exist shows
-'missing'; a run without the needed points shows 'partial k/n'. Neither enters a mean: the mean is
-then taken over the datasets present, printed with a '*', and left out of the mean column's marking.
+values with 3 decimals (with replicates: the mean over seeds, shown as mean ± sd). Marking (paper
+section 3: bold = the best two of each column, double underline = the worst two; Markdown has no
+double underline, so <u>x</u>): **x** for the two lowest values of a column, <u>x</u> for the two
+highest, ranked on unrounded values (ties share a rank, so a tie can mark three cells). A column is
+marked only when it has at least 4 values. A run that does not exist shows 'missing'; a run without
+the needed points shows 'partial k/n'. Neither enters a mean: the mean is then taken over the
+datasets present, printed with a '*', and left out of the mean column's marking.
 
 Generated-image count: a metric line evaluated with fewer images than 50,000 (train.py
 --metric-num-gen, calc_metrics.py --num-gen) carries `num_gen` and a relabelled key (fid256_full);
