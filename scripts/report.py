@@ -515,16 +515,17 @@ def status_lines(cells, points=sg.SNAP_KIMG, repeats=1):
         if len(have) < len(points):
             lines.append(f'- {run.name}: partial, points at kimg {have or "none"} ({record["run_dir"]})')
     if missing:
-        lines.insert(0, f'- missing (no run dir): {len(missing)} of {len(sg.grid(repeats))} runs: {_compact(missing)}')
+        lines.insert(0, f'- missing (no run dir): {len(missing)} of {len(sg.grid(repeats))} runs: '
+                        f'{_compact(missing, repeats)}')
     return lines
 
 
-def _compact(runs):
-    """'Mix-dataset1/fixed' for one run; datasets whose runs are all missing by name, others 'all but ...'."""
+def _compact(runs, repeats=1):
+    """'Mix-dataset1/fixed' for one run; datasets whose runs are all missing by name, others by their runs."""
     by_dataset = collections.OrderedDict()
     for run in runs:
         by_dataset.setdefault(run.dataset, []).append(run.name.split('/', 1)[1])
-    per_dataset = len(runs) and len(sg.PRESET_NAMES) * (max(r.seed for r in runs) + 1)
+    per_dataset = len(sg.PRESET_NAMES) * repeats
     whole = [d for d, names in by_dataset.items() if len(names) == per_dataset]
     parts = [f'every run of {", ".join(whole)}'] if whole else []
     for dataset, names in by_dataset.items():
