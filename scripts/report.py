@@ -626,7 +626,7 @@ def _html_table(table, max_n):
 
 def _html_page(md_title, intro, tables, table_titles, analyses_md, status, figures, max_n):
     """report.html from the same content as report.md (tables as HTML, the analyses as preformatted Markdown)."""
-    sections = [(None, ''.join(report_html.paragraph(t) for t in intro))]
+    sections = [(None, report_html.markdown_html('\n'.join(intro)))]
     for name, title in table_titles:
         sections.append((title, _html_table(tables[name], max_n)))
     sections.append(('Paired comparisons and rankings', report_html.markdown_html('\n'.join(analyses_md))))

@@ -276,3 +276,11 @@ def test_two_reports_of_the_same_runs_are_identical(replicate_runs, tmp_path):
     assert names == sorted(os.listdir(tmp_path / 'b')) and 'report.html' in names
     for name in names:
         assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes(), name
+
+
+def test_html_turns_the_report_markup_into_tags():
+    from scripts import report_html
+    text = report_html.markdown_html('**bold** and <u>low</u> & `code`\n| a | b |\n|---|---:|\n| **1** | 2 |')
+    assert '<p><b>bold</b> and <u>low</u> &amp; <code>code</code></p>' in text
+    assert '<table><tr><th>a</th><th>b</th></tr><tr><td><b>1</b></td><td>2</td></tr></table>' in text
+    assert '**' not in text and '<script' not in report_html.markdown_html('<script>x</script>')
