@@ -4,6 +4,8 @@ Prints images/second for
   - generation + uint8 quantisation with our batching (whole detector batch per G call) against the
     upstream baseline of 4 images per G call, measured in the same run (the ratio is the speed-up);
   - detector feature extraction (resize to 299 + Inception) on uint8 images;
+  - FID's bootstrap interval on --num-gen synthetic 2048-d features, against the time the detector
+    needs to extract that many features (the ratio is the interval's extra cost);
 and the total time of one metric (default fid50k_full) at the given resolution and --num-gen,
 against a synthetic real set of --num-real random images (real statistics included, cache off).
 
@@ -24,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from metrics import metric_main, metric_utils  # noqa: E402
+from metrics import frechet_inception_distance, metric_main, metric_utils  # noqa: E402
 from metrics.detector import resolve_detector  # noqa: E402
 
 
@@ -62,6 +64,23 @@ def _make_real_zip(path, n, resolution):
             img = rng.integers(0, 256, size=(resolution, resolution, 3), dtype=np.uint8)
             with z.open(f'{i:06d}.png', 'w') as f:
                 Image.fromarray(img).save(f, format='PNG')
+
+
+def _bench_bootstrap(num_gen, feats_per_s, device):
+    """Time fid_uncertainty on num_gen synthetic features; compare with extracting them."""
+    rng = np.random.default_rng(0)
+    d = 2048
+    gen = torch.from_numpy(rng.standard_normal((num_gen, d), dtype=np.float32)).to(device)
+    a = rng.standard_normal((d, d))
+    mu_r, sigma_r = rng.standard_normal(d), a @ a.T / d
+    _sync(device)
+    start = time.perf_counter()
+    frechet_inception_distance.fid_uncertainty(0.0, gen, mu_r, sigma_r)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    extract = num_gen / feats_per_s
+    print(f'fid bootstrap   {elapsed:9.2f} s for {num_gen} features x {frechet_inception_distance.BOOTSTRAP_REPLICATES}'
+          f' replicates   extraction {extract:9.2f} s   ratio {elapsed / extract:5.3f}x')
 
 
 @click.command()
@@ -104,6 +123,7 @@ def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector,
     images = torch.randint(0, 256, (batch, 3, resolution, resolution), dtype=torch.uint8, device=device)
     feats = _rate(lambda: det.features(images), batch, device, repeats)
     print(f'features        {feats:9.1f} img/s')
+    _bench_bootstrap(num_gen, feats, device)
 
     # One whole metric (cache off so the real statistics are timed too).
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,8 @@ Two sources of the same Inception weights are supported (anchors B1/B5):
 
 Which one is used is always explicit: ``resolve_detector('nvidia' | 'fid-helper' | PATH | URL)``.
 The default ``'auto'`` takes NVIDIA's file when it is in the download cache or can be downloaded, and
-otherwise says once, on stderr, that fid-helper's weights are used. Every metric result records the
+otherwise says once per process, on stderr (which train.py tees into stdout and log.txt), that
+fid-helper's weights are used. Every metric result records the
 detector's name and the sha256 of its weights file. The name ``nvidia-inception`` is recorded only for
 the file whose sha256 is the one published for NVIDIA's inception-2015-12-05.pt; any other Inception
 file (whatever its name or cache path) is recorded as ``inception at <path>, sha256 <hex>, unverified``.

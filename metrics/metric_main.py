@@ -1,6 +1,6 @@
 """Metric registry, `calc_metric` and `report_metric` (the API the training loop and calc_metrics.py use).
 
-Registered metrics follow upstream's definitions (upstream-facts 9): fid50k_full, kid50k_full,
+Registered metrics follow upstream's definitions: fid50k_full, kid50k_full,
 pr50k3_full, ppl2_wend, is50k, and the legacy fid50k, kid50k, pr50k3 (PR and PPL need NVIDIA's
 vgg16.pt, IS needs NVIDIA's inception .pt with its classifier), and the legacy ppl_zfull, ppl_wfull,
 ppl_zend, ppl_wend (cropped).
@@ -11,6 +11,9 @@ count ('fid50k_full' -> 'fid5k_full' for 5000, 'fid64_full' for 64; 'pr50k3_full
 'pr64_3_full_precision'; keys without '50k' get a suffix: 'ppl2_wend' -> 'ppl2_wend_5k'), and the
 record carries `num_gen`. The metric name (and so the
 metric-<name>.jsonl file) stays the registered one, so a quick check never passes for a 50k number.
+
+Uncertainty: FID records carry `uncertainty: {<result key>: {se, ci95, ...}}` from a bootstrap over
+the generated features (frechet_inception_distance.fid_uncertainty); `results` holds only the values.
 """
 
 import json
@@ -26,12 +29,16 @@ from . import (frechet_inception_distance, inception_score, kernel_inception_dis
 # ----------------------------------------------------------------------------
 # Registry.
 
-_metric_dict = dict()          # name -> function(opts, num_gen) -> dict of results
+_metric_dict = dict()          # name -> function(opts, num_gen) -> results dict, or (results, uncertainty)
 STANDARD_NUM_GEN = 50000
 
 
 def register_metric(fn):
-    """Decorator: register `fn(opts, num_gen)` under its function name."""
+    """Decorator: register `fn(opts, num_gen)` under its function name.
+
+    `fn` returns a dict of results, or (results, uncertainty) where uncertainty maps result keys to
+    dicts that go into the record's `uncertainty` field.
+    """
     assert callable(fn)
     _metric_dict[fn.__name__] = fn
     return fn
@@ -85,7 +92,8 @@ def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, dete
         G_kwargs: extra generator kwargs (default none: psi = 1, noise_mode='random').
 
     Returns:
-        EasyDict(results, metric, total_time, total_time_str, num_gpus, detector=dict(name, sha256), num_gen).
+        EasyDict(results, metric, total_time, total_time_str, num_gpus, detector=dict(name, sha256), num_gen),
+        plus `uncertainty` (result key -> dict) for metrics that estimate one (FID).
     """
     if not is_valid_metric(metric):
         raise ValueError(f'unknown metric {metric!r}; valid: {", ".join(list_valid_metrics())}')
@@ -100,12 +108,17 @@ def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, dete
 
     start = time.time()
     results = _metric_dict[metric](opts, num_gen)
+    results, uncertainty = results if isinstance(results, tuple) else (results, None)
     total_time = time.time() - start
 
     # Every rank returns rank 0's values (the statistics are only reduced there).
     values = {relabel_result_key(k, num_gen): float(v) for k, v in results.items()}
     values = metric_utils.broadcast_object(values, opts)
+    if uncertainty is not None:
+        uncertainty = {relabel_result_key(k, num_gen): v for k, v in uncertainty.items() if v is not None}
+        uncertainty = metric_utils.broadcast_object(uncertainty, opts)
     det = opts.detector_used
+    extra = dict(uncertainty=uncertainty) if uncertainty else {}
     return util.EasyDict(
         results=util.EasyDict(values),
         metric=metric,
@@ -114,11 +127,12 @@ def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, dete
         num_gpus=num_gpus,
         detector=dict(name=det.name, sha256=det.sha256) if det is not None else None,
         num_gen=num_gen,
+        **extra,
     )
 
 
 def result_line(result_dict, run_dir=None, snapshot_pkl=None, kimg=None) -> str:
-    """The JSON text (no newline) that report_metric appends: upstream's keys, then kimg/detector/num_gen."""
+    """The JSON text (no newline) that report_metric appends: upstream's keys, then kimg/detector/num_gen/uncertainty."""
     if snapshot_pkl is not None and run_dir is not None and not util.is_url(snapshot_pkl):
         snapshot_pkl = os.path.relpath(snapshot_pkl, run_dir)
     record = dict(result_dict)
@@ -127,6 +141,8 @@ def result_line(result_dict, run_dir=None, snapshot_pkl=None, kimg=None) -> str:
     record['kimg'] = kimg
     ordered = {k: record.get(k) for k in ('results', 'metric', 'total_time', 'total_time_str', 'num_gpus',
                                           'snapshot_pkl', 'timestamp', 'kimg', 'detector', 'num_gen')}
+    if record.get('uncertainty'):
+        ordered['uncertainty'] = record['uncertainty']
     ordered.update({k: v for k, v in record.items() if k not in ordered})
     return json.dumps(ordered)
 
@@ -159,8 +175,8 @@ def _full_dataset(opts):
 @register_metric
 def fid50k_full(opts, num_gen):
     _full_dataset(opts)
-    fid = frechet_inception_distance.compute_fid(opts, max_real=None, num_gen=num_gen)
-    return dict(fid50k_full=fid)
+    fid, unc = frechet_inception_distance.compute_fid_with_uncertainty(opts, max_real=None, num_gen=num_gen)
+    return dict(fid50k_full=fid), dict(fid50k_full=unc)
 
 
 @register_metric
@@ -197,8 +213,8 @@ def is50k(opts, num_gen):
 @register_metric
 def fid50k(opts, num_gen):
     opts.dataset_kwargs.update(max_size=None)
-    fid = frechet_inception_distance.compute_fid(opts, max_real=50000, num_gen=num_gen)
-    return dict(fid50k=fid)
+    fid, unc = frechet_inception_distance.compute_fid_with_uncertainty(opts, max_real=50000, num_gen=num_gen)
+    return dict(fid50k=fid), dict(fid50k=unc)
 
 
 @register_metric

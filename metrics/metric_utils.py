@@ -1,12 +1,12 @@
 """Shared machinery of the metrics: options, feature statistics, the real-statistics cache, and the
 loops that push real and generated images through a detector.
 
-Upstream semantics kept (anchors B1/B8, upstream-facts 9):
+Upstream semantics kept:
 - real images come uint8 from the dataset; rank r of k takes items (i*k + r) mod N;
 - generated images are quantised as (x * 127.5 + 128).clamp(0, 255).to(uint8) (truncating cast);
 - mean/covariance are accumulated as float64 sums of x and x^T x; cov = E[x x^T] - mu mu^T (divide by N);
 - features gathered across ranks are interleaved in item order.
-Changes (user-pain E.25): the real-statistics cache is keyed by the detector's sha256, the statistics
+Changes: the real-statistics cache is keyed by the detector's sha256, the statistics
 options, the item count and the dataset's content_hash() (not its path), and stored as .npz.
 """
 
@@ -268,7 +268,7 @@ def dataset_cache_file(opts, detector, dataset, max_items, stats_kwargs):
     The key covers everything that changes the statistics.
 
     The dataset's path is deliberately *not* in the key and its content hash is: a dataset rebuilt at
-    the same path gets new statistics, and a copy moved elsewhere reuses them (user-pain E.25).
+    the same path gets new statistics, and a copy moved elsewhere reuses them.
     """
     if not hasattr(dataset, 'content_hash'):
         if opts.rank == 0:

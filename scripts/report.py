@@ -1,31 +1,40 @@
-"""Tables and figures of the learning-rate study from a directory of finished (or running) runs.
+"""Tables, statistics and figures of the learning-rate study from a directory of finished (or running) runs.
 
     python -m scripts.report RUNS_DIR --out DIR [--metric fid50k_full] [--points 40,60,80,100] [--no-plots]
+                             [--compare-paper]
 
 Finds every run dir under RUNS_DIR (a directory with training_options.json), identifies its dataset
-(basename of training_set_kwargs.path) and lr schedule (the preset recorded in training_options.json),
-reads metric-<metric>.jsonl, and writes into DIR (with the default evaluation points 40,60,80,100;
+(basename of training_set_kwargs.path), lr schedule (the preset recorded in training_options.json) and
+replicate (its recorded random_seed, else a '<preset>-seed<k>' directory, else 0), reads
+metric-<metric>.jsonl, and writes into DIR (with the default evaluation points 40,60,80,100;
 --points changes them, and the last point replaces 100 in the names):
 
-    report.md                 all tables, run status and notes (Markdown)
+    report.md, report.html    all tables, paired comparisons, rankings, run status, notes and figures
+                              (the HTML page is self-contained: figures embedded as PNG)
     table3_fid100_CelebAMask-HQ.csv, table4_fid100_Mix-dataset.csv
                               FID at the last point, 100 kimg (paper Tables 3 and 4)
     table5_fidmin_CelebAMask-HQ.csv, table6_fidmin_Mix-dataset.csv
                               minimum FID over all points (paper Tables 5 and 6)
-    points.csv                every metric point: dataset, schedule, kimg, value, run dir
+    cells.csv                 every table cell: mean, sd and count over seeds, recorded interval, marks
+    paired.csv                every schedule against DDCLR per table (Wilcoxon signed-rank, sign test)
+    points.csv                every metric point: dataset, schedule, seed, kimg, value, interval, run dir
     summary.json              the same numbers, statuses and notes, machine-readable
     figure5_fid_Mix-dataset.png  FID against kimg on the Mix datasets for the five schedules of the
-                              paper's Figure 5 (DDCLR, DCLR(3), DCLR(1), Fixed, CLR)
+                              paper's Figure 5 (DDCLR, DCLR(3), DCLR(1), Fixed, CLR), with bands
     fid_curves_CelebAMask-HQ.png, fid_curves_Mix-dataset.png   the same for all 8 schedules
     lr_curves.png             lr against kimg of the 8 presets (paper Figures 1-4)
 
+A figure without any data is not written. --compare-paper prints the paper's Tables 3-6
+(scripts/paper_tables.json) beside ours with the difference per cell, and adds them to the report.
+
 Tables follow the paper: rows are the 8 schedules, columns the 5 datasets of a group plus their mean,
-values with 3 decimals. Marking (paper section 3: bold = the best two of each column, double underline
-= the worst two; Markdown has no double underline, so <u>x</u>): **x** for the two lowest values of a
-column, <u>x</u> for the two highest, ranked on unrounded values (ties share a rank, so a tie can mark
-three cells). A column is marked only when it has at least 4 values. A run that does not exist shows
-'missing'; a run without the needed points shows 'partial k/n'. Neither enters a mean: the mean is
-then taken over the datasets present, printed with a '*', and left out of the mean column's marking.
+values with 3 decimals (with replicates: the mean over seeds, shown as mean ± sd). Marking (paper
+section 3: bold = the best two of each column, double underline = the worst two; Markdown has no
+double underline, so <u>x</u>): **x** for the two lowest values of a column, <u>x</u> for the two
+highest, ranked on unrounded values (ties share a rank, so a tie can mark three cells). A column is
+marked only when it has at least 4 values. A run that does not exist shows 'missing'; a run without
+the needed points shows 'partial k/n'. Neither enters a mean: the mean is then taken over the
+datasets present, printed with a '*', and left out of the mean column's marking.
 
 Generated-image count: a metric line evaluated with fewer images than 50,000 (train.py
 --metric-num-gen, calc_metrics.py --num-gen) carries `num_gen` and a relabelled key (fid256_full);
@@ -43,7 +52,7 @@ import os
 import click
 
 import dnnlib
-from scripts import study_grid as sg
+from scripts import paper_compare, report_figures, report_html, report_stats, study_grid as sg
 
 # Paper Figure 5: the schedules drawn for the Mix datasets.
 FIGURE5_SCHEDULES = ('ddclr', 'dclr3', 'dclr1', 'fixed', 'clr')
@@ -115,6 +124,60 @@ def schedule_of(options, run_dir):
     return name, ('directory' if name else None)
 
 
+def seed_of(options, run_dir):
+    """Replicate (training seed) of a run: training_options.json's random_seed, else a '-seed<k>' directory, else 0."""
+    seed = options.get('random_seed')
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return seed
+    for part in reversed(os.path.normpath(run_dir).split(os.sep)):
+        m = sg.SEED_SUFFIX.match(part)
+        if m and m.group('preset') in sg.PRESET_NAMES:
+            return int(m.group('seed'))
+    return 0
+
+
+def read_intervals(run_dir, metric, num_gen):
+    """kimg -> (ci95 lo, hi) of the run's metric lines of one generated-image count that carry an interval."""
+    path = os.path.join(run_dir, f'metric-{metric}.jsonl')
+    out = {}
+    if num_gen is None or not os.path.isfile(path):
+        return out
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                count = record.get('num_gen') or sg.STANDARD_NUM_GEN
+                (interval,) = [u['ci95'] for u in (record.get('uncertainty') or {}).values()]
+                kimg = sg._line_kimg(record)
+                if int(count) == num_gen and kimg is not None:
+                    out[kimg] = (float(interval[0]), float(interval[1]))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+    return out
+
+
+def _read_run(run_dir, metric, points, notes):
+    """One run dir as a record dict, or None (noted) when it is not a grid run."""
+    try:
+        with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
+            options = json.load(f)
+    except (OSError, ValueError) as err:
+        notes['unrecognised'].append(f'{run_dir}: unreadable training_options.json ({err})')
+        return None
+    dataset = dataset_of(options, run_dir)
+    preset, found_by = schedule_of(options, run_dir)
+    if dataset not in sg.DATASETS or preset is None:
+        notes['unrecognised'].append(f'{run_dir}: dataset {dataset!r}, schedule {preset!r}')
+        return None
+    series = sg.read_metric_series(run_dir, metric)
+    num_gen, found = sg.choose_series(series, points)
+    if len(series) > 1:
+        counts = ', '.join(f'{n:,} ({len(series[n])} points)' for n in sorted(series, reverse=True))
+        notes['mixed_counts'].append(f'{run_dir}: lines from {counts}; used only the {num_gen:,}-image lines')
+    return dict(run_dir=run_dir, dataset=dataset, preset=preset, seed=seed_of(options, run_dir), points=found,
+                num_gen=num_gen, found_by=found_by, intervals=read_intervals(run_dir, metric, num_gen))
+
+
 def collect_runs(runs_dir, metric=sg.METRIC, points=sg.SNAP_KIMG):
     """Read every run dir under runs_dir.
 
@@ -124,69 +187,46 @@ def collect_runs(runs_dir, metric=sg.METRIC, points=sg.SNAP_KIMG):
         points:   Evaluation kimg points (decide duplicates and which generated-image count is used).
 
     Returns:
-        (cells, notes): cells maps (dataset, preset) -> dict(run_dir, points, num_gen, found_by), where
-        num_gen is the generated-image count of the values used (None without values); notes is a dict
-        of lists: 'unrecognised' (run dirs outside the grid), 'duplicates' (cells with more than one
-        run dir: the one with the most evaluation points is used, ties go to the later directory) and
-        'mixed_counts' (runs whose lines differ in generated-image count: only one count is used).
+        (cells, notes): cells maps (dataset, preset) -> list of replicate records sorted by seed, each
+        dict(run_dir, dataset, preset, seed, points, num_gen, found_by, intervals), where num_gen is the
+        generated-image count of the values used (None without values) and intervals maps kimg to the
+        recorded 95% interval; notes is a dict of lists: 'unrecognised' (run dirs outside the grid),
+        'duplicates' (several run dirs for one cell and seed: the one with the most evaluation points
+        is used, ties go to the later directory) and 'mixed_counts' (runs whose lines differ in
+        generated-image count: only one count is used).
     """
-    cells, notes = {}, {'unrecognised': [], 'duplicates': [], 'mixed_counts': []}
+    by_seed, notes = {}, {'unrecognised': [], 'duplicates': [], 'mixed_counts': []}
     for run_dir in sg.find_run_dirs(runs_dir):
-        try:
-            with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
-                options = json.load(f)
-        except (OSError, ValueError) as err:
-            notes['unrecognised'].append(f'{run_dir}: unreadable training_options.json ({err})')
+        record = _read_run(run_dir, metric, points, notes)
+        if record is None:
             continue
-        dataset = dataset_of(options, run_dir)
-        preset, found_by = schedule_of(options, run_dir)
-        if dataset not in sg.DATASETS or preset is None:
-            notes['unrecognised'].append(f'{run_dir}: dataset {dataset!r}, schedule {preset!r}')
-            continue
-        series = sg.read_metric_series(run_dir, metric)
-        num_gen, found = sg.choose_series(series, points)
-        if len(series) > 1:
-            counts = ', '.join(f'{n:,} ({len(series[n])} points)' for n in sorted(series, reverse=True))
-            notes['mixed_counts'].append(f'{run_dir}: lines from {counts}; used only the {num_gen:,}-image lines')
-        record = dict(run_dir=run_dir, points=found, num_gen=num_gen, found_by=found_by)
-        previous = cells.get((dataset, preset))
+        key = (record['dataset'], record['preset'], record['seed'])
+        previous = by_seed.get(key)
         if previous is not None:
-            notes['duplicates'].append(f'{dataset}/{preset}: {previous["run_dir"]} and {run_dir}')
+            seed_text = f' seed {key[2]}' if key[2] else ''
+            notes['duplicates'].append(f'{key[0]}/{key[1]}{seed_text}: {previous["run_dir"]} and {run_dir}')
             if _coverage(record, points) < _coverage(previous, points):
                 continue
-        cells[(dataset, preset)] = record
+        by_seed[key] = record
+    cells = {}
+    for (dataset, preset, _seed), record in sorted(by_seed.items()):
+        cells.setdefault((dataset, preset), []).append(record)
     return cells, notes
+
 
 def _coverage(record, points):
     """(evaluation points present, points overall) of a run record: which duplicate run dir to keep."""
     return sum(k in record['points'] for k in points), len(record['points'])
 
 
-def parse_points(text):
-    """'40,60,80,100' -> (40, 60, 80, 100): sorted, distinct, non-negative integers (ValueError otherwise)."""
-    try:
-        values = [int(t) for t in text.split(',') if t.strip()]
-    except ValueError:
-        raise ValueError(f'expected comma-separated whole kimg numbers, got {text!r}') from None
-    if not values or min(values) < 0:
-        raise ValueError(f'expected one or more non-negative kimg numbers, got {text!r}')
-    return tuple(sorted(set(values)))
+parse_points = sg.parse_points
 
 # ----------------------------------------------------------------------------
 # Tables.
 
 
-def cell_value(record, kind, points=sg.SNAP_KIMG):
-    """(value or None, status text) of one run for a table kind.
-
-    Args:
-        record: collect_runs() cell record, or None for a missing run.
-        kind:   'last' (value at the last evaluation point; paper Tables 3/4) or 'min' (minimum over
-                all evaluation points, which must all be present; paper Tables 5/6).
-        points: Evaluation kimg points, sorted.
-    """
-    if record is None:
-        return None, 'missing'
+def _run_value(record, kind, points):
+    """(value or None, status) of one replicate (kind, points: see cell_value)."""
     found = record['points']
     have = sum(k in found for k in points)
     partial = f'partial {have}/{len(points)}'
@@ -195,6 +235,47 @@ def cell_value(record, kind, points=sg.SNAP_KIMG):
     if have < len(points):
         return None, partial
     return min(found[k] for k in points), 'ok'
+
+
+def _run_interval(record, kind, points):
+    """The recorded 95% interval of a replicate's table value (the point it came from), or None."""
+    found = record['points']
+    if kind == 'last':
+        return record['intervals'].get(points[-1])
+    best = min(points, key=lambda k: found[k])
+    return record['intervals'].get(best)
+
+
+def cell_value(records, kind, points=sg.SNAP_KIMG):
+    """One table cell from the replicates of a grid cell.
+
+    Args:
+        records: collect_runs() replicate records of the cell (empty or None for a missing run).
+        kind:    'last' (value at the last evaluation point; paper Tables 3/4) or 'min' (minimum over
+                 all evaluation points, which must all be present; paper Tables 5/6).
+        points:  Evaluation kimg points, sorted.
+
+    Returns:
+        dict(value (mean over the replicates with a value, or None), status ('ok', 'missing' or the
+        most complete replicate's 'partial k/n'), sd (over seeds, None below 2), n, per_seed
+        (seed -> value), ci95 (the recorded interval of a single replicate, else None), mark=None).
+    """
+    if not records:
+        return dict(value=None, status='missing', sd=None, n=0, per_seed={}, ci95=None, mark=None)
+    per_seed, statuses = {}, []
+    for record in records:
+        value, status = _run_value(record, kind, points)
+        if value is None:
+            statuses.append(status)
+        else:
+            per_seed[record['seed']] = value
+    if not per_seed:
+        status = max(statuses, key=lambda t: int(t.split()[1].split('/')[0]))
+        return dict(value=None, status=status, sd=None, n=0, per_seed={}, ci95=None, mark=None)
+    mean, sd = report_stats.mean_sd(list(per_seed.values()))
+    ok = [r for r in records if r['seed'] in per_seed]
+    ci95 = _run_interval(ok[0], kind, points) if len(ok) == 1 else None
+    return dict(value=mean, status='ok', sd=sd, n=len(per_seed), per_seed=per_seed, ci95=ci95, mark=None)
 
 
 def rank_marks(values):
@@ -218,28 +299,32 @@ def rank_marks(values):
     return marks
 
 
+def _mean_cell(row_cells):
+    """The row mean over the datasets present; its sd over seeds when every dataset has the same >= 2 seeds."""
+    present = [c for c in row_cells if c['value'] is not None]
+    if not present:
+        return dict(value=None, status='missing', sd=None, n=0, per_seed={}, ci95=None, mark=None)
+    complete = len(present) == len(row_cells)
+    seeds = set.intersection(*(set(c['per_seed']) for c in present))
+    per_seed = {s: sum(c['per_seed'][s] for c in present) / len(present) for s in sorted(seeds)} if complete else {}
+    sd = report_stats.mean_sd(list(per_seed.values()))[1] if len(per_seed) >= 2 else None
+    return dict(value=sum(c['value'] for c in present) / len(present), status='ok' if complete else 'incomplete',
+                sd=sd, n=len(per_seed), per_seed={}, ci95=None, mark=None)
+
+
 def build_table(cells, group, kind, points=sg.SNAP_KIMG):
     """One paper table: rows = schedules, columns = the group's datasets + mean (kind, points: see cell_value).
 
     Returns:
-        dict(group, kind, columns, rows); each row is dict(preset, label, cells) and each cell is
-        dict(value, status, mark). The mean cell's status is 'ok', 'incomplete' (some datasets
+        dict(group, kind, columns, rows); each row is dict(preset, label, cells) and each cell is a
+        cell_value() dict with its mark. The mean cell's status is 'ok', 'incomplete' (some datasets
         missing: mean over the rest, unmarked) or 'missing' (no dataset present).
     """
     datasets = sg.GROUPS[group]
     rows = []
     for preset in sg.PRESET_NAMES:
-        row_cells = []
-        for dataset in datasets:
-            value, status = cell_value(cells.get((dataset, preset)), kind, points)
-            row_cells.append(dict(value=value, status=status, mark=None))
-        present = [c['value'] for c in row_cells if c['value'] is not None]
-        if not present:
-            mean = dict(value=None, status='missing', mark=None)
-        else:
-            mean = dict(value=sum(present) / len(present),
-                        status='ok' if len(present) == len(datasets) else 'incomplete', mark=None)
-        rows.append(dict(preset=preset, label=sg.PAPER_LABELS[preset], cells=row_cells + [mean]))
+        row_cells = [cell_value(cells.get((dataset, preset)), kind, points) for dataset in datasets]
+        rows.append(dict(preset=preset, label=sg.PAPER_LABELS[preset], cells=row_cells + [_mean_cell(row_cells)]))
 
     # Mark each column; an incomplete mean is not comparable with the others, so it is not ranked.
     for col in range(len(datasets) + 1):
@@ -270,33 +355,49 @@ def table_name(number, kind, group, points):
     return f'table{number}_fid{points[-1] if kind == "last" else "min"}_{group}'
 
 
-def cell_text(cell, markdown=True):
-    """Display text of a cell: 3 decimals (+ '*' for an incomplete mean) with its mark, or its status."""
+def cell_text(cell, markdown=True, max_n=1):
+    """Display text of a cell: 3 decimals (+ '*' for an incomplete mean) with its mark, or its status.
+
+    With replicates the value is 'mean ± sd' over seeds (and '(n=k)' when k is below the most seeds
+    of any cell, max_n); a single run with a recorded interval shows it as '[lo, hi]'.
+    """
     if cell['value'] is None:
         return cell['status']
     text = f'{cell["value"]:.3f}' + ('*' if cell['status'] == 'incomplete' else '')
     if markdown and cell['mark'] == 'best':
-        return f'**{text}**'
-    if markdown and cell['mark'] == 'worst':
-        return f'<u>{text}</u>'
+        text = f'**{text}**'
+    elif markdown and cell['mark'] == 'worst':
+        text = f'<u>{text}</u>'
+    if cell['sd'] is not None:
+        text += f' ± {cell["sd"]:.3f}' + (f' (n={cell["n"]})' if cell['n'] < max_n else '')
+    elif cell.get('ci95') is not None:
+        text += ' [{:.3f}, {:.3f}]'.format(*cell['ci95'])
     return text
 
 
-def table_markdown(table, number, metric, points=sg.SNAP_KIMG, count_text=''):
+def max_replicates(tables):
+    """The most seeds any cell of the tables has a value from."""
+    return max((c['n'] for t in tables for row in t['rows'] for c in row['cells']), default=0)
+
+
+def table_markdown(table, number, metric, points=sg.SNAP_KIMG, count_text='', max_n=1):
     """The table as Markdown, with a heading and its notes.
 
     Args:
         table, number, metric: build_table() output, paper table number, metric name.
         points:     Evaluation kimg points (named in the heading).
         count_text: Generated-image count to state in the heading ('' for the standard 50,000).
+        max_n:      The most seeds of any cell (see cell_text).
     """
     count = f', {count_text}' if count_text else ''
     title = f'Table {number}: {kind_title(table["kind"], points)}, {table["group"]} ({metric}{count}, lower is better)'
+    if all(c['status'] == 'missing' for row in table['rows'] for c in row['cells']):
+        return f'### {title}\n\nNo runs of this group yet: every cell is missing.\n'
     lines = [f'### {title}', '',
              '| schedule | ' + ' | '.join(table['columns']) + ' |',
              '|---|' + '---:|' * len(table['columns'])]
     for row in table['rows']:
-        lines.append(f'| {row["label"]} | ' + ' | '.join(cell_text(c) for c in row['cells']) + ' |')
+        lines.append(f'| {row["label"]} | ' + ' | '.join(cell_text(c, max_n=max_n) for c in row['cells']) + ' |')
     if any(c['status'] == 'incomplete' for row in table['rows'] for c in row['cells']):
         lines += ['', '\\* mean over the datasets present only (missing/partial runs excluded); not ranked.']
     return '\n'.join(lines) + '\n'
@@ -313,113 +414,124 @@ def table_csv(table):
     return buf.getvalue()
 
 
-def points_csv(cells):
-    """Every metric point as CSV, with the run dir and the generated-image count it was computed from."""
+def cells_csv(tables):
+    """Every table cell in long form: mean, sd and count over seeds, and each seed's value."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator='\n')
-    writer.writerow(['dataset', 'group', 'preset', 'schedule', 'kimg', 'value', 'run_dir', 'num_gen'])
-    for dataset in sg.DATASETS:
-        for preset in sg.PRESET_NAMES:
-            record = cells.get((dataset, preset))
-            for kimg, value in sorted((record or {'points': {}})['points'].items()):
-                writer.writerow([dataset, sg.group_of(dataset), preset, sg.PAPER_LABELS[preset], kimg,
-                                 repr(value), record['run_dir'], record['num_gen']])
+    writer.writerow(['table', 'group', 'dataset', 'preset', 'schedule', 'status', 'n', 'mean', 'sd',
+                     'ci95_lo', 'ci95_hi', 'mark', 'per_seed'])
+    for name, table in tables.items():
+        for row in table['rows']:
+            for dataset, c in zip(table['columns'], row['cells']):
+                lo, hi = c['ci95'] if c.get('ci95') else ('', '')
+                writer.writerow([name, table['group'], dataset, row['preset'], row['label'], c['status'], c['n'],
+                                 '' if c['value'] is None else repr(c['value']), '' if c['sd'] is None else repr(c['sd']),
+                                 lo, hi, c['mark'] or '', json.dumps({str(k): v for k, v in sorted(c['per_seed'].items())})])
     return buf.getvalue()
 
+
+def points_csv(cells):
+    """Every metric point as CSV: run dir, seed, generated-image count and recorded 95% interval."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator='\n')
+    writer.writerow(['dataset', 'group', 'preset', 'schedule', 'seed', 'kimg', 'value', 'ci95_lo', 'ci95_hi',
+                     'run_dir', 'num_gen'])
+    for dataset in sg.DATASETS:
+        for preset in sg.PRESET_NAMES:
+            for record in cells.get((dataset, preset)) or []:
+                for kimg, value in sorted(record['points'].items()):
+                    lo, hi = record['intervals'].get(kimg, ('', ''))
+                    writer.writerow([dataset, sg.group_of(dataset), preset, sg.PAPER_LABELS[preset], record['seed'],
+                                     kimg, repr(value), lo, hi, record['run_dir'], record['num_gen']])
+    return buf.getvalue()
+
+
 # ----------------------------------------------------------------------------
-# Figures (matplotlib imported only here).
+# Paired comparisons and rankings (Markdown).
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise click.ClickException('the figures need matplotlib: pip install matplotlib (or pass --no-plots)')
-    matplotlib.use('Agg')  # files only, no display needed
-    import matplotlib.pyplot as plt
-    return plt
+def _num(value, signed=False):
+    return '–' if value is None else (f'{value:+.3f}' if signed else f'{value:.3f}')
 
 
-def _save_figure(plt, fig, path):
-    buf = io.BytesIO()
-    try:
-        fig.tight_layout()
-        fig.savefig(buf, format='png', dpi=100)
-    finally:
-        plt.close(fig)
-    dnnlib.util.atomic_write_bytes(path, buf.getvalue())
+def paired_markdown(name, title, summary_rows):
+    """The paired comparison with DDCLR for one table (one line when there is no pair at all)."""
+    if not any(r['pairs'] for r in summary_rows):
+        return (f'### Paired with DDCLR: {title}\n\nNo pairs yet: a pair needs a schedule and DDCLR with values '
+                f'on the same dataset and seed.\n')
+    lines = [f'### Paired with DDCLR: {title}', '',
+             'Difference = schedule - DDCLR over (dataset, seed) pairs where both have a value; negative = '
+             'lower FID than DDCLR. Wilcoxon signed-rank (two-sided, scipy) and sign test (two-sided binomial).', '',
+             '| schedule | pairs | mean diff | median diff | lower / higher / tied | Wilcoxon W | p | sign test p |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|']
+    for r in summary_rows:
+        w = '–' if r['wilcoxon_w'] is None else f'{r["wilcoxon_w"]:g}'
+        lines.append(f'| {r["label"]} | {r["pairs"]} | {_num(r["mean_diff"], True)} | {_num(r["median_diff"], True)} | '
+                     f'{r["better"]} / {r["worse"]} / {r["ties"]} | {w} | {report_stats.format_p(r["wilcoxon_p"])} | '
+                     f'{report_stats.format_p(r["sign_p"])} |')
+    return '\n'.join(lines) + '\n'
 
 
-def group_mean_curve(cells, group, preset):
-    """(kimg list, mean value list) over the group's datasets, at kimg points every dataset has."""
-    runs = [cells.get((d, preset)) for d in sg.GROUPS[group]]
-    if any(r is None for r in runs):
-        return [], []
-    common = sorted(set.intersection(*(set(r['points']) for r in runs)))
-    return common, [sum(r['points'][k] for r in runs) / len(runs) for k in common]
+def ranking_markdown(title, ranks, datasets):
+    """Rank per dataset (1 = lowest FID, ties averaged) and the mean rank per schedule."""
+    lines = [f'### Ranking: {title}', '']
+    if not ranks['columns']:
+        return '\n'.join(lines + ['No dataset has values for all 8 schedules yet; nothing to rank.', ''])
+    if ranks['skipped']:
+        lines += [f'Not ranked (a schedule has no value): {", ".join(ranks["skipped"])}.', '']
+    lines += ['| schedule | ' + ' | '.join(ranks['columns']) + ' | mean rank |',
+              '|---|' + '---:|' * (len(ranks['columns']) + 1)]
+    keep = [datasets.index(d) for d in ranks['columns']]
+    for row in ranks['rows']:
+        lines.append(f'| {row["label"]} | ' + ' | '.join(f'{row["ranks"][i]:g}' for i in keep) +
+                     f' | {row["mean_rank"]:.2f} |')
+    return '\n'.join(lines) + '\n'
 
 
-def plot_fid_curves(cells, group, presets, path, metric):
-    """Metric against kimg: one panel per dataset of the group plus a panel of the group mean, one line per schedule."""
-    plt = _pyplot()
-    datasets = sg.GROUPS[group]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True)
-    panels = list(zip(axes.flat, list(datasets) + [f'{group} mean']))
-    for ax, title in panels:
-        for preset in presets:
-            if title in datasets:
-                record = cells.get((title, preset))
-                kimgs = sorted((record or {'points': {}})['points'])
-                values = [record['points'][k] for k in kimgs] if record else []
-            else:
-                kimgs, values = group_mean_curve(cells, group, preset)
-            ax.plot(kimgs, values, marker='o', label=sg.PAPER_LABELS[preset])
-        ax.set_title(title)
-        ax.set_xlabel('kimg')
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize='small')
-    fig.suptitle(f'{metric} during transfer learning, {group}')
-    _save_figure(plt, fig, path)
-
-
-def plot_lr_curves(path):
-    """The 8 presets' learning rate over a 100 kimg run, one panel each (paper Figures 1-4)."""
-    try:
-        import schedulers
-        from schedulers.plot import lr_curve
-    except ImportError as err:
-        raise click.ClickException(f'lr curves need the schedulers package ({err}); pass --no-plots to skip')
-    plt = _pyplot()
-    curves = [lr_curve(schedulers.parse_lr_schedule(schedulers.PRESETS[p]), sg.TOTAL_KIMG) for p in sg.PRESET_NAMES]
-    top = 1.05 * max(float(lr.max()) for _, lr in curves)
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6), sharex=True, sharey=True)
-    for ax, preset, (kimg, lr) in zip(axes.flat, sg.PRESET_NAMES, curves):
-        ax.plot(kimg, lr, linewidth=1.0)
-        ax.set_title(f'{sg.PAPER_LABELS[preset]} ({preset})')
-        ax.set_xlabel('kimg')
-        ax.set_ylim(0, top)  # one scale for all panels, from 0 (set once: set_ylim stops autoscaling)
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel('learning rate')
-    axes[1, 0].set_ylabel('learning rate')
-    _save_figure(plt, fig, path)
+def paired_csv(paired):
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator='\n')
+    keys = ['preset', 'label', 'pairs', 'mean_diff', 'median_diff', 'better', 'worse', 'ties', 'wilcoxon_w',
+            'wilcoxon_p', 'sign_p']
+    writer.writerow(['table'] + keys)
+    for name, rows in paired.items():
+        for r in rows:
+            writer.writerow([name] + ['' if r[k] is None else r[k] for k in keys])
+    return buf.getvalue()
 
 # ----------------------------------------------------------------------------
 # The whole report.
 
 
-def status_lines(cells, points=sg.SNAP_KIMG):
-    """One line per grid cell that is not finished (missing or partial)."""
-    lines = []
-    for run in sg.grid():
-        record = cells.get((run.dataset, run.schedule))
+def status_lines(cells, points=sg.SNAP_KIMG, repeats=1):
+    """Run status: one line summarising every missing run, then one line per partial run."""
+    lines, missing = [], []
+    for run in sg.grid(repeats):
+        record = next((r for r in cells.get((run.dataset, run.schedule)) or [] if r['seed'] == run.seed), None)
         if record is None:
-            lines.append(f'- {run.label}: missing (no run dir)')
+            missing.append(run)
             continue
         have = [k for k in points if k in record['points']]
         if len(have) < len(points):
-            lines.append(f'- {run.label}: partial, points at kimg {have or "none"} ({record["run_dir"]})')
+            lines.append(f'- {run.name}: partial, points at kimg {have or "none"} ({record["run_dir"]})')
+    if missing:
+        lines.insert(0, f'- missing (no run dir): {len(missing)} of {len(sg.grid(repeats))} runs: '
+                        f'{_compact(missing, repeats)}')
     return lines
+
+
+def _compact(runs, repeats=1):
+    """'Mix-dataset1/fixed' for one run; datasets whose runs are all missing by name, others by their runs."""
+    by_dataset = collections.OrderedDict()
+    for run in runs:
+        by_dataset.setdefault(run.dataset, []).append(run.name.split('/', 1)[1])
+    per_dataset = len(sg.PRESET_NAMES) * repeats
+    whole = [d for d, names in by_dataset.items() if len(names) == per_dataset]
+    parts = [f'every run of {", ".join(whole)}'] if whole else []
+    for dataset, names in by_dataset.items():
+        if dataset not in whole:
+            parts.append(f'{dataset}/{{{", ".join(names)}}}' if len(names) > 1 else f'{dataset}/{names[0]}')
+    return '; '.join(parts)
 
 
 def count_summary(cells, metric):
@@ -431,7 +543,7 @@ def count_summary(cells, metric):
         50,000 images); heading is the count for the table headings ('' for the standard count,
         'N generated images', or 'mixed generated-image counts').
     """
-    per_count = collections.Counter(r['num_gen'] for r in cells.values() if r['num_gen'] is not None)
+    per_count = collections.Counter(r['num_gen'] for rs in cells.values() for r in rs if r['num_gen'] is not None)
     if set(per_count) <= {sg.STANDARD_NUM_GEN}:
         return per_count, '', ''
     if len(per_count) == 1:
@@ -445,7 +557,106 @@ def count_summary(cells, metric):
     return per_count, header, 'mixed generated-image counts'
 
 
-def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True, points=sg.SNAP_KIMG):
+def axis_label(metric, per_count):
+    """'FID (256 generated images)': the quantity and the real sample count of the values drawn."""
+    base = 'FID' if metric.startswith('fid') else metric
+    if len(per_count) == 1:
+        return f'{base} ({next(iter(per_count)):,} generated images)'
+    return f'{base} (mixed generated-image counts)' if per_count else base
+
+
+def _figures(cells, out_dir, metric, per_count):
+    """Draw the PNG figures; returns (list of (name, bytes or None when not drawn for lack of data))."""
+    ylabel = axis_label(metric, per_count)
+    quantity = ylabel.split(' (')[0]
+    specs = [
+        ('figure5_fid_Mix-dataset.png', sg.MIX_PREFIX, FIGURE5_SCHEDULES),
+        ('fid_curves_CelebAMask-HQ.png', sg.REAL_PREFIX, sg.PRESET_NAMES),
+        ('fid_curves_Mix-dataset.png', sg.MIX_PREFIX, sg.PRESET_NAMES),
+    ]
+    drawn = []
+    for name, group, presets in specs:
+        title = f'{quantity} during transfer learning, {group} (line: mean over seeds; band: ±1 sd over seeds, or one run\'s 95% interval)'
+        drawn.append((name, report_figures.plot_fid_curves(cells, group, presets, os.path.join(out_dir, name), ylabel, title)))
+    drawn.append(('lr_curves.png', report_figures.plot_lr_curves(os.path.join(out_dir, 'lr_curves.png'))))
+    return drawn
+
+
+def _analyses(tables, metric, points, count_heading):
+    """Paired comparisons and rankings of every table: (markdown parts, paired dict, ranks dict)."""
+    md, paired, ranks = [], {}, {}
+    for number, kind, group in TABLES:
+        name = table_name(number, kind, group, points)
+        title = f'Table {number}, {kind_title(kind, points)}, {group}'
+        paired[name] = report_stats.paired_summary(tables[name])
+        ranks[name] = report_stats.ranking(tables[name])
+        md.append(paired_markdown(name, title, paired[name]))
+        md.append(ranking_markdown(title, ranks[name], list(sg.GROUPS[group])))
+    return md, paired, ranks
+
+
+def _paper_comparison(tables, points):
+    """(markdown parts, terminal text, dict name -> rows) of our tables beside the paper's."""
+    paper = paper_compare.load_paper_tables()
+    md, text, rows_by_name = [], [], {}
+    if tuple(points) != sg.SNAP_KIMG:
+        note = (f'Note: these tables use kimg {", ".join(map(str, points))}; the paper\'s use 40, 60, 80, 100, '
+                f'so the numbers measure different things.')
+        md += [note, '']
+        text.append(note)
+    for number, kind, group in TABLES:
+        name = table_name(number, kind, group, points)
+        rows = paper_compare.compare_table(tables[name], paper[number])
+        rows_by_name[name] = rows
+        title = f'{kind_title(kind, sg.SNAP_KIMG)}, {group}'
+        md.append(paper_compare.comparison_markdown(number, title, tables[name]['columns'], rows))
+        text.append(paper_compare.comparison_text(number, title, tables[name]['columns'], rows))
+    return md, '\n\n'.join(text), rows_by_name
+
+
+def _html_table(table, max_n):
+    if all(c['status'] == 'missing' for row in table['rows'] for c in row['cells']):
+        return report_html.paragraph('No runs of this group yet: every cell is missing.')
+    rows, classes = [], []
+    for row in table['rows']:
+        rows.append([row['label']] + [cell_text(c, markdown=False, max_n=max_n) for c in row['cells']])
+        classes.append([''] + [c['mark'] or ('missing' if c['value'] is None else '') for c in row['cells']])
+    return report_html.table_html(['schedule'] + table['columns'], rows, classes)
+
+
+def _html_page(md_title, intro, tables, table_titles, analyses_md, status, figures, max_n):
+    """report.html from the same content as report.md (tables as HTML, the analyses as preformatted Markdown)."""
+    sections = [(None, report_html.markdown_html('\n'.join(intro)))]
+    for name, title in table_titles:
+        sections.append((title, _html_table(tables[name], max_n)))
+    sections.append(('Paired comparisons and rankings', report_html.markdown_html('\n'.join(analyses_md))))
+    sections.append(('Run status', report_html.markdown_html('\n'.join(s.lstrip('- ') for s in status))
+                     or report_html.paragraph('All runs of the grid finished.')))
+    figs = [report_html.figure_html(name, data) for name, data in figures if data is not None]
+    missing = [name for name, data in figures if data is None]
+    note = report_html.paragraph(f'Not drawn (no data): {", ".join(missing)}.', note=True) if missing else ''
+    if figures:
+        sections.append(('Figures', '\n'.join(figs) + note))
+    return report_html.page(md_title, sections)
+
+
+def _header(runs_dir, cells, metric, points, count_header):
+    """(title, intro sentences, finished run count)."""
+    records = [r for rs in cells.values() for r in rs]
+    finished = sum(1 for r in records if sg.points_status(r['points'], points) == 'finished')
+    seeds = sorted({r['seed'] for r in records})
+    seed_text = f' over {len(seeds)} seeds ({", ".join(map(str, seeds))}), {len(records)} runs' if len(seeds) > 1 else ''
+    intro = [f'Runs found under {runs_dir}: {len(cells)} of {sg.NUM_CELLS} grid cells{seed_text}, {finished} finished '
+             f'(all of kimg {", ".join(map(str, points))}).']
+    if count_header:
+        intro.append(count_header)
+    intro.append('Marking as in the paper: bold = the best two of a column, underlined = the worst two. '
+                 'With replicates a cell is mean ± sd over seeds; a single run with a recorded FID interval shows '
+                 'it as [lo, hi] (95%, sampling noise of its generated images only).')
+    return f'Learning-rate study report ({metric})', intro, finished
+
+
+def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True, points=sg.SNAP_KIMG, compare_paper=False):
     """Write every report file into out_dir.
 
     Args:
@@ -455,67 +666,104 @@ def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True, points=sg.SNAP
                   relabelled key of a line with fewer generated images, e.g. fid256_full).
         plots:    Draw the PNG figures (needs matplotlib).
         points:   Evaluation kimg points: Tables 3/4 use the last, Tables 5/6 the minimum over all.
+        compare_paper: Add the paper's Tables 3-6 beside ours (report.md, report.html, summary.json).
 
     Returns:
-        The summary dict also written to summary.json.
+        The summary dict also written to summary.json (with 'paper_text', the comparison as terminal text).
     """
     points = tuple(sorted(set(points)))
     assert points, 'at least one evaluation point is needed'
     os.makedirs(out_dir, exist_ok=True)
     cells, notes = collect_runs(runs_dir, metric, points)
-    finished = sum(1 for r in cells.values() if sg.points_status(r['points'], points) == 'finished')
     per_count, count_header, count_heading = count_summary(cells, metric)
+    title, intro, finished = _header(runs_dir, cells, metric, points, count_header)
 
-    md = [f'# Learning-rate study report ({metric})', '',
-          f'Runs found under `{runs_dir}`: {len(cells)} of {len(sg.grid())} grid cells, {finished} finished '
-          f'(all of kimg {", ".join(map(str, points))}).', '']
-    if count_header:
-        md += [count_header, '']
-    md += ['Marking as in the paper: **bold** = the best two of a column, <u>underlined</u> = the worst two.', '']
-    tables = {}
+    tables, table_titles = {}, []
     for number, kind, group in TABLES:
-        table = build_table(cells, group, kind, points)
         name = table_name(number, kind, group, points)
-        tables[name] = table
-        md.append(table_markdown(table, number, metric, points, count_heading))
-        dnnlib.util.atomic_write_text(os.path.join(out_dir, name + '.csv'), table_csv(table))
-    dnnlib.util.atomic_write_text(os.path.join(out_dir, 'points.csv'), points_csv(cells))
+        tables[name] = build_table(cells, group, kind, points)
+        table_titles.append((name, f'Table {number}: {kind_title(kind, points)}, {group}'))
+        dnnlib.util.atomic_write_text(os.path.join(out_dir, name + '.csv'), table_csv(tables[name]))
+    max_n = max_replicates(tables.values())
+    md = [f'# {title}', ''] + [line for t in intro for line in (t, '')]
+    for number, kind, group in TABLES:
+        name = table_name(number, kind, group, points)
+        md.append(table_markdown(tables[name], number, metric, points, count_heading, max_n))
 
-    lines = status_lines(cells, points)
-    md += ['## Run status', ''] + (lines or ['All 80 runs finished.']) + ['']
-    if notes['unrecognised'] or notes['duplicates'] or notes['mixed_counts']:
-        md += ['## Notes', '']
-        md += [f'- not in the grid (ignored): {n}' for n in notes['unrecognised']]
-        md += [f'- several run dirs for one cell (used the one with most points): {n}' for n in notes['duplicates']]
-        md += [f'- generated-image counts differ within a run (counts are never mixed): {n}'
-               for n in notes['mixed_counts']]
-        md.append('')
+    analyses_md, paired, ranks = _analyses(tables, metric, points, count_heading)
+    paper_text, paper_rows = '', None
+    if compare_paper:
+        paper_md, paper_text, paper_rows = _paper_comparison(tables, points)
+        analyses_md = analyses_md + ['## Against the paper', ''] + paper_md
+    md += ['## Paired comparisons and rankings', ''] + analyses_md
 
-    if plots:
-        figures = [
-            ('figure5_fid_Mix-dataset.png', lambda p: plot_fid_curves(cells, sg.MIX_PREFIX, FIGURE5_SCHEDULES, p, metric)),
-            ('fid_curves_CelebAMask-HQ.png', lambda p: plot_fid_curves(cells, sg.REAL_PREFIX, sg.PRESET_NAMES, p, metric)),
-            ('fid_curves_Mix-dataset.png', lambda p: plot_fid_curves(cells, sg.MIX_PREFIX, sg.PRESET_NAMES, p, metric)),
-            ('lr_curves.png', plot_lr_curves),
-        ]
-        md += ['## Figures', '']
-        for name, draw in figures:
-            draw(os.path.join(out_dir, name))
-            md.append(f'![{name}]({name})')
-        md.append('')
+    lines = status_lines(cells, points, repeats=max([r['seed'] + 1 for rs in cells.values() for r in rs] or [1]))
+    md += ['## Run status', ''] + (lines or ['All runs of the grid finished.']) + ['']
+    md += _notes_markdown(notes)
+
+    figures = _figures(cells, out_dir, metric, per_count) if plots else []
+    md += _figures_markdown(figures)
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'report.md'), '\n'.join(md))
+    dnnlib.util.atomic_write_text(os.path.join(out_dir, 'report.html'),
+                                  _html_page(title, intro, tables, table_titles, analyses_md, lines, figures, max_n))
+    _write_csvs(out_dir, cells, tables, paired)
 
-    summary = dict(
+    summary = _summary(runs_dir, metric, points, finished, per_count, count_header, notes, cells, tables,
+                       paired, ranks, lines)
+    if paper_rows is not None:
+        summary['paper_comparison'] = paper_rows
+    dnnlib.util.atomic_write_text(os.path.join(out_dir, 'summary.json'), json.dumps(summary, indent=2) + '\n')
+    summary['paper_text'] = paper_text
+    return summary
+
+
+def _figures_markdown(figures):
+    if not figures:
+        return []
+    md = ['## Figures', ''] + [f'![{n}]({n})' for n, data in figures if data is not None]
+    missing = [n for n, data in figures if data is None]
+    md += [f'Not drawn (no data for their schedules): {", ".join(missing)}.'] if missing else []
+    return md + ['']
+
+
+def _summary(runs_dir, metric, points, finished, per_count, count_header, notes, cells, tables, paired, ranks, lines):
+    """The summary.json content."""
+    return dict(
         metric=metric, runs_dir=os.path.abspath(runs_dir), snap_kimg=list(points), finished=finished,
         num_gen=dict(runs_per_count={str(n): c for n, c in sorted(per_count.items())},
                      note=count_header, mixed_within_runs=notes['mixed_counts']),
-        runs=[dict(dataset=d, preset=p, run_dir=r['run_dir'], found_by=r['found_by'], num_gen=r['num_gen'],
-                   points={str(k): v for k, v in sorted(r['points'].items())})
-              for (d, p), r in sorted(cells.items())],
-        tables=tables, status=lines,
+        runs=[dict(dataset=d, preset=p, seed=r['seed'], run_dir=r['run_dir'], found_by=r['found_by'],
+                   num_gen=r['num_gen'], points={str(k): v for k, v in sorted(r['points'].items())},
+                   ci95={str(k): list(v) for k, v in sorted(r['intervals'].items())})
+              for (d, p), rs in sorted(cells.items()) for r in rs],
+        tables=_json_tables(tables), paired=paired, ranks=ranks, status=lines,
         notes={k: notes[k] for k in ('unrecognised', 'duplicates')})
-    dnnlib.util.atomic_write_text(os.path.join(out_dir, 'summary.json'), json.dumps(summary, indent=2) + '\n')
-    return summary
+
+
+def _json_tables(tables):
+    """Tables for summary.json: per_seed keys as strings (JSON objects have string keys)."""
+    out = {}
+    for name, table in tables.items():
+        rows = [dict(row, cells=[dict(c, per_seed={str(k): v for k, v in sorted(c['per_seed'].items())})
+                                 for c in row['cells']]) for row in table['rows']]
+        out[name] = dict(table, rows=rows)
+    return out
+
+
+def _notes_markdown(notes):
+    if not (notes['unrecognised'] or notes['duplicates'] or notes['mixed_counts']):
+        return []
+    md = ['## Notes', '']
+    md += [f'- not in the grid (ignored): {n}' for n in notes['unrecognised']]
+    md += [f'- several run dirs for one cell and seed (used the one with most points): {n}' for n in notes['duplicates']]
+    md += [f'- generated-image counts differ within a run (counts are never mixed): {n}' for n in notes['mixed_counts']]
+    return md + ['']
+
+
+def _write_csvs(out_dir, cells, tables, paired):
+    dnnlib.util.atomic_write_text(os.path.join(out_dir, 'points.csv'), points_csv(cells))
+    dnnlib.util.atomic_write_text(os.path.join(out_dir, 'cells.csv'), cells_csv(tables))
+    dnnlib.util.atomic_write_text(os.path.join(out_dir, 'paired.csv'), paired_csv(paired))
 
 
 def _points_option(ctx, param, value):
@@ -532,10 +780,15 @@ def _points_option(ctx, param, value):
 @click.option('--points', default=','.join(map(str, sg.SNAP_KIMG)), show_default=True, callback=_points_option,
               metavar='KIMG,...', help='Evaluation points: Tables 3/4 show the last, Tables 5/6 the minimum over all.')
 @click.option('--no-plots', is_flag=True, help='Skip the PNG figures (no matplotlib needed).')
-def main(runs_dir, out_dir, metric, points, no_plots):
-    """Write the study's tables (paper Tables 3-6), figures and a JSON summary for RUNS_DIR into --out."""
-    summary = write_report(runs_dir, out_dir, metric=metric, plots=not no_plots, points=points)
-    click.echo(f'{len(summary["runs"])} runs read, {summary["finished"]} finished; report in {out_dir}/report.md')
+@click.option('--compare-paper', is_flag=True, help="Print the paper's Tables 3-6 beside ours, with the difference per cell.")
+def main(runs_dir, out_dir, metric, points, no_plots, compare_paper):
+    """Write the study's tables (paper Tables 3-6), paired tests, rankings, figures, report.html and a JSON summary."""
+    summary = write_report(runs_dir, out_dir, metric=metric, plots=not no_plots, points=points,
+                           compare_paper=compare_paper)
+    if compare_paper:
+        click.echo(summary['paper_text'] + '\n')
+    click.echo(f'{len(summary["runs"])} runs read, {summary["finished"]} finished; report in {out_dir}/report.md '
+               f'and {out_dir}/report.html')
     if summary['num_gen']['note']:
         click.echo(f'note: {summary["num_gen"]["note"].replace("**", "")}')
     if not summary['runs']:

@@ -4,13 +4,21 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=48G
 #
-# Submit the learning-rate study grid as a Slurm job array: one array task per run, task id = grid index.
+# Submit the learning-rate study grid as a Slurm job array: one array task per run, task id = grid index
+# (replicate k of cell c has index k*80 + c).
 #
-#   scripts/slurm_grid.sh DATA_DIR RUNS_DIR [--dry-run] [--gpus N] [--only REGEX] [-- TRAIN_ARGS...]
+# Usage: scripts/slurm_grid.sh DATA_DIR RUNS_DIR [--dry-run] [--gpus N] [--only REGEX] [--points LIST]
+#                              [--repeats R] [-- TRAIN_ARGS...]
 #
-# Only runs that are not finished yet are submitted, and each task checks again before it starts, so
-# re-submitting after failures or pre-emption continues the interrupted runs (train.py continues a run
-# when its command is repeated). --dry-run prints the sbatch command and each task's command.
+# Options are those of scripts/run_grid.sh (see its --help). Only runs that are not finished yet are
+# submitted, and each task checks again before it starts, so re-submitting after failures continues the
+# interrupted runs (train.py continues a run when its command is repeated). --dry-run prints the sbatch
+# command and each task's command.
+#
+# Pre-emption and time limits: the job asks Slurm for SIGUSR1 STUDY_SIGNAL_SECONDS (default 300) before
+# its end (sbatch --signal=B:USR1@300 --requeue); the task forwards it to train.py (a pre-emption's SIGTERM
+# reaches train.py from Slurm directly), which writes a checkpoint and exits with 75; the task then
+# requeues itself (scontrol requeue), and the requeued task continues the run.
 #
 # The #SBATCH lines above are defaults; these environment variables override them (sbatch options on
 # the command line win over #SBATCH lines):
@@ -20,6 +28,7 @@
 #   STUDY_PARTITION     --partition       (default: the cluster's)
 #   STUDY_ACCOUNT       --account         (default: none)
 #   STUDY_MAX_PARALLEL  at most this many tasks at once (--array=...%N; default: no limit)
+#   STUDY_SIGNAL_SECONDS  seconds before the time limit at which SIGUSR1 is sent (default 300)
 #   STUDY_SBATCH_ARGS   further sbatch arguments, split on whitespace (e.g. "--qos=long --constraint=v100")
 #   STUDY_LOG_DIR       task logs (default RUNS_DIR/slurm-logs, files <jobid>_<task>.out)
 #   PYTHON              interpreter for the grid and train.py (default: python), inherited by the tasks
@@ -27,44 +36,74 @@
 set -euo pipefail
 
 usage() {
-    sed -n '9p' "$0" | sed 's/^# *//'
+    sed -n '/^# Usage:/,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
 }
+die_usage() { echo "slurm_grid.sh: $1" >&2; echo "Try 'scripts/slurm_grid.sh --help'." >&2; exit 2; }
 
 python=${PYTHON:-python}
-dry_run=0 gpus=1 only='' task=0
+dry_run=0 gpus=1 only='' task=0 points='' repeats=1
 positional=() extra=()
 while (($#)); do
     case $1 in
         -n|--dry-run)  dry_run=1 ;;
         --task)        task=1 ;;  # internal: set in the submitted job, runs the task SLURM_ARRAY_TASK_ID
-        --gpus)        [[ $# -ge 2 ]] || { echo "slurm_grid.sh: --gpus needs a value" >&2; exit 2; }; gpus=$2; shift ;;
-        --gpus=*)      gpus=${1#*=} ;;
-        --only)        [[ $# -ge 2 ]] || { echo "slurm_grid.sh: --only needs a value" >&2; exit 2; }; only=$2; shift ;;
-        --only=*)      only=${1#*=} ;;
+        --gpus|--only|--points|--repeats)
+                       [[ $# -ge 2 ]] || die_usage "$1 needs a value"
+                       declare "${1#--}=$2"; shift ;;
+        --gpus=*|--only=*|--points=*|--repeats=*)
+                       opt=${1%%=*}; declare "${opt#--}=${1#*=}" ;;
         -h|--help)     usage; exit 0 ;;
         --)            shift; extra=("$@"); break ;;
-        -*)            echo "slurm_grid.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+        -*)            die_usage "unknown option $1" ;;
         *)             positional+=("$1") ;;
     esac
     shift
 done
-if [[ ${#positional[@]} -ne 2 ]]; then
-    echo "slurm_grid.sh: expected DATA_DIR and RUNS_DIR" >&2; usage >&2; exit 2
-fi
+[[ ${#positional[@]} -eq 2 ]] || die_usage "expected DATA_DIR and RUNS_DIR"
+[[ $repeats =~ ^[1-9][0-9]*$ ]] || die_usage "--repeats needs a whole number >= 1, got '$repeats'"
+[[ -z $points || $points =~ ^[0-9]+(,[0-9]+)*$ ]] || die_usage "--points needs comma-separated whole kimg, got '$points'"
+[[ $gpus =~ ^[1-9][0-9]*$ ]] || die_usage "--gpus needs a whole number >= 1, got '$gpus'"
 data_dir=${positional[0]} runs_dir=${positional[1]}
+# Options that decide which runs exist and what they evaluate: the same for submission and every task.
+grid_opts=(--repeats "$repeats")
+[[ -n $points ]] && grid_opts+=(--points "$points")
 
 # ---------------------------------------------------------------------------
 # Inside the array job: sbatch --chdir put us in the repository root; run this task's command.
-if ((task)); then
+run_task() {
     : "${SLURM_ARRAY_TASK_ID:?slurm_grid.sh --task must run inside a Slurm array job}"
-    line=$("$python" -m scripts.study_grid commands "$data_dir" "$runs_dir" --gpus "$gpus" \
+    local line child rc signalled
+    line=$("$python" -m scripts.study_grid commands "$data_dir" "$runs_dir" --gpus "$gpus" "${grid_opts[@]}" \
         --index "$SLURM_ARRAY_TASK_ID" --pending --python "$python" -- "${extra[@]}")
     if [[ $line == \#* ]]; then
         echo "task $SLURM_ARRAY_TASK_ID: ${line#\# }; nothing to do"
-        exit 0
+        return 0
     fi
     echo "task $SLURM_ARRAY_TASK_ID on $(hostname): $line"
-    eval "exec $line"
+    # train.py runs as a child (not exec) so that this shell survives it and can requeue the task;
+    # Slurm's warning signal reaches only this shell (--signal=B:...), so pass it on.
+    eval "exec $line" < /dev/null &   # exec: $! is train.py itself, not a subshell around it
+    child=$!
+    trap 'signalled=1; kill -USR1 "$child" 2> /dev/null || true' USR1
+    # On pre-emption or scancel Slurm sends SIGTERM to every process of the job, train.py included:
+    # only keep waiting for it (a second, forwarded SIGTERM could cut its checkpoint short).
+    trap 'signalled=1' TERM
+    while :; do
+        rc=0 signalled=0
+        wait "$child" || rc=$?
+        ((signalled)) || break  # a trapped signal interrupts wait; bash keeps the child's status for the next wait
+    done
+    trap - USR1 TERM
+    if ((rc == 75)); then
+        echo "task $SLURM_ARRAY_TASK_ID: train.py checkpointed after a signal; requeueing job ${SLURM_JOB_ID:-?}"
+        scontrol requeue "${SLURM_JOB_ID:?SLURM_JOB_ID is not set}"
+        return 0
+    fi
+    return "$rc"
+}
+if ((task)); then
+    run_task
+    exit $?
 fi
 
 # ---------------------------------------------------------------------------
@@ -78,14 +117,27 @@ cd "$repo"
 
 only_args=()
 [[ -n $only ]] && only_args=(--only "$only")
-array=$("$python" -m scripts.study_grid indices "${only_args[@]}" --pending-in "$runs_dir")
+missing=$("$python" -m scripts.study_grid missing "$data_dir" "${only_args[@]}")
+if [[ -n $missing ]]; then
+    names=$(echo "$missing" | paste -sd ' ' -)
+    if ((dry_run)); then
+        echo "slurm_grid.sh: warning: $data_dir lacks dataset(s) the runs need: $names" >&2
+    else
+        echo "slurm_grid.sh: $data_dir lacks dataset(s) the runs need: $names" >&2
+        exit 1
+    fi
+fi
+array=$("$python" -m scripts.study_grid indices "${only_args[@]}" "${grid_opts[@]}" --pending-in "$runs_dir")
 if [[ -z $array ]]; then
     echo "slurm_grid.sh: every selected run is already finished in $runs_dir; nothing to submit"
     exit 0
 fi
 [[ -n ${STUDY_MAX_PARALLEL:-} ]] && array+="%$STUDY_MAX_PARALLEL"
 
-sbatch_cmd=(sbatch --array="$array" --gres="gpu:$gpus" --chdir="$repo" --output="$log_dir/%A_%a.out")
+signal_s=${STUDY_SIGNAL_SECONDS:-300}
+[[ $signal_s =~ ^[0-9]+$ ]] || { echo "slurm_grid.sh: STUDY_SIGNAL_SECONDS must be whole seconds, got '$signal_s'" >&2; exit 2; }
+sbatch_cmd=(sbatch --array="$array" --gres="gpu:$gpus" --chdir="$repo" --output="$log_dir/%A_%a.out"
+            --signal="B:USR1@$signal_s" --requeue --open-mode=append)
 [[ -n ${STUDY_TIME:-} ]]      && sbatch_cmd+=(--time="$STUDY_TIME")
 [[ -n ${STUDY_CPUS:-} ]]      && sbatch_cmd+=(--cpus-per-task="$STUDY_CPUS")
 [[ -n ${STUDY_MEM:-} ]]       && sbatch_cmd+=(--mem="$STUDY_MEM")
@@ -95,7 +147,8 @@ if [[ -n ${STUDY_SBATCH_ARGS:-} ]]; then
     read -r -a more <<< "$STUDY_SBATCH_ARGS"
     sbatch_cmd+=("${more[@]}")
 fi
-sbatch_cmd+=("$repo/scripts/slurm_grid.sh" --task "$data_dir" "$runs_dir" --gpus "$gpus" -- "${extra[@]}")
+sbatch_cmd+=("$repo/scripts/slurm_grid.sh" --task "$data_dir" "$runs_dir" --gpus "$gpus" "${grid_opts[@]}"
+            -- "${extra[@]}")
 
 if ((dry_run)); then
     quote() {  # shell-quote only what needs it, so the printed line stays readable and copy-pastable
@@ -108,8 +161,8 @@ if ((dry_run)); then
     quote "${sbatch_cmd[@]}"
     # Per-task commands, as each task would print them (finished runs are not in the array).
     listing=$("$python" -m scripts.study_grid commands "$data_dir" "$runs_dir" --gpus "$gpus" "${only_args[@]}" \
-        --pending --python "$python" -- "${extra[@]}")
-    indices=$("$python" -m scripts.study_grid indices "${only_args[@]}")
+        "${grid_opts[@]}" --pending --python "$python" -- "${extra[@]}")
+    indices=$("$python" -m scripts.study_grid indices "${only_args[@]}" "${grid_opts[@]}")
     mapfile -t lines <<< "$listing"
     IFS=, read -r -a idx <<< "$indices"
     for k in "${!lines[@]}"; do

@@ -4,7 +4,7 @@ This module is the single source of truth for the study's runs. `scripts/run_gri
 and `scripts/slurm_grid.sh` (Slurm job array) ask it for their command lines, and `scripts/report.py`
 uses its dataset/schedule tables and metric-file reader.
 
-The study (Sugiura & Nakamura, paper-ddclr-ja.txt) fine-tunes the FFHQ-pretrained StyleGAN2 at
+The study (Sugiura & Nakamura, "Descending Damped Cyclical Learning Rates") fine-tunes the FFHQ-pretrained StyleGAN2 at
 512x512 on CelebAMask-HQ1..5 (1000 real faces each) and Mix-dataset1..5 (the same sets with 200 faces
 replaced by Stable Diffusion images), for 100 kimg with each of the 8 learning-rate settings of its
 Table 1, and measures FID (50k generated images) against the real set CelebAMask-HQk at 40, 60, 80 and
@@ -27,7 +27,8 @@ The paper is silent on these; the grid uses upstream's values, written out so th
                               times upstream's memory; with fewer than 8 GPUs gradients accumulate
     --mirror 0                upstream default (no x-flips)
     --aug ada                 upstream default (ADA, target 0.6, pipe bgc)
-    seed                      upstream default 0 (train.py's --seed is left at its default)
+    seed                      upstream default 0 (train.py's --seed is left at its default); with
+                              --repeats R, replicate k of a cell trains with --seed=k in <preset>-seed<k>/
 Paper 2.5.3 says the runs were done "in numbered order, consecutively"; we read that as the order of
 execution, each run starting from the FFHQ weights (Table 2 lists each dataset with its own FID set).
 """
@@ -106,26 +107,42 @@ def real_set_for(dataset):
     return f'{REAL_PREFIX}{k}'
 
 
+NUM_CELLS = len(DATASETS) * len(PRESET_NAMES)
+SEED_SUFFIX = re.compile(r'^(?P<preset>.+)-seed(?P<seed>\d+)$')
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One cell of the grid: a training set and a learning-rate preset."""
+    """One run of the grid: a training set, a learning-rate preset and a replicate (training seed)."""
     index: int       # position in grid(), also the Slurm array task id
     dataset: str     # e.g. 'Mix-dataset3'
     schedule: str    # preset name, e.g. 'ddclr'
+    seed: int = 0    # replicate = train.py --seed
 
     @property
     def label(self):
+        """'<dataset>/<preset>': what --only matches, the same for every replicate of a cell."""
         return f'{self.dataset}/{self.schedule}'
+
+    @property
+    def name(self):
+        """Label with the replicate: 'Mix-dataset3/ddclr', 'Mix-dataset3/ddclr-seed2'."""
+        return self.label + (f'-seed{self.seed}' if self.seed else '')
 
     @property
     def real_set(self):
         return real_set_for(self.dataset)
 
     def outdir(self, runs_dir):
-        """train.py --outdir: one directory per (dataset, schedule), so re-running the command continues it."""
-        return os.path.join(runs_dir, self.dataset, self.schedule)
+        """train.py --outdir: one directory per run, so re-running the command continues it.
 
-    def command(self, data_dir, runs_dir, gpus=1, python='python', extra=()):
+        Seed 0 keeps the single-replicate layout <dataset>/<preset>, so a grid run once is replicate 0
+        of a later --repeats grid; replicate k > 0 is <dataset>/<preset>-seed<k>.
+        """
+        leaf = self.schedule + (f'-seed{self.seed}' if self.seed else '')
+        return os.path.join(runs_dir, self.dataset, leaf)
+
+    def command(self, data_dir, runs_dir, gpus=1, python='python', extra=(), points=None):
         """The train.py argument list for this run.
 
         Args:
@@ -133,24 +150,40 @@ class Run:
             runs_dir: Root of the study's run directories.
             gpus:     --gpus for train.py.
             python:   Interpreter to put in front of train.py.
-            extra:    Further train.py arguments appended verbatim.
+            extra:    Further train.py arguments appended verbatim (they come last, so they win).
+            points:   Evaluation kimg points (default SNAP_KIMG); --snap-kimg lists them and --kimg is
+                      the last one, so a shrunk grid trains only as far as it evaluates.
 
         Returns:
             List of strings (join with shlex.join for a shell line).
         """
+        points = tuple(points or SNAP_KIMG)
         args = [python, 'train.py',
                 f'--outdir={self.outdir(runs_dir)}',
                 f'--data={os.path.join(data_dir, self.dataset + ".zip")}',
                 f'--metric-data={os.path.join(data_dir, self.real_set + ".zip")}',
                 f'--lr-schedule={self.schedule}',
                 f'--gpus={gpus}']
-        args += [f'{flag}={value}' for flag, value in COMMON_TRAIN_ARGS]
+        overrides = {'--kimg': format_kimg(points[-1]), '--snap-kimg': ','.join(format_kimg(k) for k in points)}
+        args += [f'{flag}={overrides.get(flag, value)}' for flag, value in COMMON_TRAIN_ARGS]
+        if self.seed:
+            args.append(f'--seed={self.seed}')
         return args + list(extra)
 
 
-def grid():
-    """All 80 runs, dataset-major in the paper's order (index = dataset_idx * 8 + schedule_idx)."""
-    return [Run(index=d * len(PRESET_NAMES) + s, dataset=dataset, schedule=schedule)
+def format_kimg(k):
+    """1 -> '1', 0.5 -> '0.5': a kimg point as train.py takes it."""
+    return str(int(k)) if float(k).is_integer() else repr(float(k))
+
+
+def grid(repeats=1):
+    """All runs: replicate-major, then dataset-major in the paper's order.
+
+    index = seed * 80 + dataset_idx * 8 + schedule_idx, so the 80 runs of replicate 0 keep the
+    indices 0-79 of a single-replicate grid.
+    """
+    return [Run(index=r * NUM_CELLS + d * len(PRESET_NAMES) + s, dataset=dataset, schedule=schedule, seed=r)
+            for r in range(repeats)
             for d, dataset in enumerate(DATASETS)
             for s, schedule in enumerate(PRESET_NAMES)]
 
@@ -280,14 +313,61 @@ def read_metric_points(run_dir, metric=METRIC, result_key=None, points=SNAP_KIMG
     return choose_series(read_metric_series(run_dir, metric, result_key), points)[1]
 
 
-def best_points(outdir, metric=METRIC, points=SNAP_KIMG):
-    """Points of the most complete run dir under `outdir` (ties: the later directory); {} if none."""
-    best = {}
-    for run_dir in find_run_dirs(outdir) if os.path.isdir(outdir) else []:
+def parse_points(text):
+    """'40,60,80,100' -> (40, 60, 80, 100): sorted, distinct, non-negative integers (ValueError otherwise)."""
+    try:
+        values = [int(t) for t in text.split(',') if t.strip()]
+    except ValueError:
+        raise ValueError(f'expected comma-separated whole kimg numbers, got {text!r}') from None
+    if not values or min(values) < 0:
+        raise ValueError(f'expected one or more non-negative kimg numbers, got {text!r}')
+    return tuple(sorted(set(values)))
+
+
+def read_status(run_dir):
+    """<run_dir>/status.json (written by train.py at every checkpoint) as a dict, or None.
+
+    None also for an unreadable or malformed file: the metric file then decides, as for runs made
+    before status.json existed.
+    """
+    try:
+        with open(os.path.join(run_dir, 'status.json'), encoding='utf-8') as f:
+            status = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) and isinstance(status.get('state'), str) else None
+
+
+def _kimg_set(values):
+    """Whole kimg of each recorded point (snapshots land a few images past the requested kimg)."""
+    out = set()
+    for v in values if isinstance(values, (list, tuple)) else []:
+        try:
+            out.add(int(math.floor(float(v) + 1e-6)))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def run_dir_progress(run_dir, metric=METRIC, points=SNAP_KIMG):
+    """(finished, number of `points` evaluated, recorded state or None) of one run dir.
+
+    With a status.json, the run's own record decides: finished when its state is 'finished', every
+    point it was asked for (snap_kimg) was evaluated, and the grid's `points` are among them for
+    `metric`. Without one, the metric file decides: finished when it has a value at every point.
+    """
+    status = read_status(run_dir)
+    if status is None:
         found = read_metric_points(run_dir, metric, points=points)
-        if sum(k in found for k in points) >= sum(k in best for k in points):
-            best = found
-    return best
+        have = sum(k in found for k in points)
+        return have == len(points), have, None
+    evaluated = _kimg_set(status.get('evaluated_kimg'))
+    if metric not in status.get('metrics', [metric]):
+        evaluated = set()
+    have = sum(k in evaluated for k in points)
+    asked = _kimg_set(status.get('snap_kimg'))
+    finished = status['state'] == 'finished' and asked <= evaluated and have == len(points)
+    return finished, have, status['state']
 
 
 def points_status(found, points=SNAP_KIMG):
@@ -297,32 +377,58 @@ def points_status(found, points=SNAP_KIMG):
 
 
 def run_status(run, runs_dir, metric=METRIC, points=SNAP_KIMG):
-    """'finished' when a run dir of this cell has every evaluation point, 'partial k/n' or 'not started'."""
+    """'finished', 'partial k/n' (the most complete run dir of this run) or 'not started'."""
     outdir = run.outdir(runs_dir)
-    found = best_points(outdir, metric, points)
-    status = points_status(found, points)
-    started = any(k in found for k in points) or (os.path.isdir(outdir) and bool(find_run_dirs(outdir)))
-    return status if status == 'finished' or started else 'not started'
+    run_dirs = find_run_dirs(outdir) if os.path.isdir(outdir) else []
+    if not run_dirs:
+        return 'not started'
+    progress = [run_dir_progress(d, metric, points) for d in run_dirs]
+    if any(finished for finished, _, _ in progress):
+        return 'finished'
+    return f'partial {max(have for _, have, _ in progress)}/{len(points)}'
+
+
+def missing_datasets(data_dir, runs):
+    """Zip files the runs need (training sets and FID real sets) that are not in data_dir, sorted."""
+    needed = {name for run in runs for name in (run.dataset, run.real_set)}
+    return sorted(f'{name}.zip' for name in needed if not os.path.isfile(os.path.join(data_dir, f'{name}.zip')))
 
 # ----------------------------------------------------------------------------
 # Command line (used by run_grid.sh and slurm_grid.sh).
 
 
-def _selected(only, index):
-    runs = select(grid(), only=only, index=index)
+def _selected(only, index, repeats=1):
+    runs = select(grid(repeats), only=only)
+    if index is not None:
+        if not 0 <= index < len(grid(repeats)):
+            raise click.ClickException(f'--index {index} is outside 0..{len(grid(repeats)) - 1} '
+                                       f'(80 runs x --repeats {repeats})')
+        runs = [r for r in runs if r.index == index]
     if not runs:
-        raise click.ClickException(f'--only {only!r} / --index {index!r} matches none of the {len(grid())} runs')
+        raise click.ClickException(f'--only {only!r} / --index {index!r} matches none of the {len(grid(repeats))} runs')
     return runs
 
 
+def _points_option(ctx, param, value):
+    try:
+        return parse_points(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param)
+
+
 _only_opt = click.option('--only', metavar='REGEX', help='Keep runs whose "<dataset>/<preset>" matches REGEX.')
-_index_opt = click.option('--index', type=click.IntRange(0, len(DATASETS) * len(PRESET_NAMES) - 1),
-                          help='Keep only the run with this grid index (Slurm array task id).')
+_index_opt = click.option('--index', type=int, help='Keep only the run with this grid index (Slurm array task id).')
+_points_opt = click.option('--points', default=','.join(map(str, SNAP_KIMG)), show_default=True, metavar='KIMG,...',
+                           callback=_points_option,
+                           help='Evaluation points (train.py --snap-kimg; --kimg is the last one). A run is '
+                                'finished when it evaluated all of them.')
+_repeats_opt = click.option('--repeats', type=click.IntRange(min=1), default=1, show_default=True,
+                            help='Replicates per cell: replicate k trains with --seed=k in <preset>-seed<k>/.')
 
 
 @click.group()
 def cli():
-    """The 80-run learning-rate study grid (10 datasets x 8 schedules)."""
+    """The learning-rate study grid (10 datasets x 8 schedules, times --repeats seeds)."""
 
 
 @cli.command('commands')
@@ -331,37 +437,52 @@ def cli():
 @click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='--gpus for train.py.')
 @_only_opt
 @_index_opt
+@_points_opt
+@_repeats_opt
 @click.option('--pending', is_flag=True, help='Print finished runs as "# finished: ..." comments instead of commands.')
 @click.option('--python', 'python', default='python', show_default=True, help='Interpreter in the commands.')
 @click.argument('extra', nargs=-1, type=click.UNPROCESSED)
-def commands_cmd(data_dir, runs_dir, gpus, only, index, pending, python, extra):
+def commands_cmd(data_dir, runs_dir, gpus, only, index, points, repeats, pending, python, extra):
     """Print one train.py command line per run (after `--`, EXTRA arguments are appended to each)."""
-    for run in _selected(only, index):
-        if pending and run_status(run, runs_dir) == 'finished':
-            click.echo(f'# finished: {run.label} ({run.outdir(runs_dir)})')
+    for run in _selected(only, index, repeats):
+        if pending and run_status(run, runs_dir, points=points) == 'finished':
+            click.echo(f'# finished: {run.name} ({run.outdir(runs_dir)})')
             continue
-        click.echo(shlex.join(run.command(data_dir, runs_dir, gpus=gpus, python=python, extra=extra)))
+        click.echo(shlex.join(run.command(data_dir, runs_dir, gpus=gpus, python=python, extra=extra, points=points)))
 
 
 @cli.command('indices')
 @_only_opt
+@_points_opt
+@_repeats_opt
 @click.option('--pending-in', 'runs_dir', metavar='RUNS_DIR', help='Leave out runs already finished in RUNS_DIR.')
-def indices_cmd(only, runs_dir):
+def indices_cmd(only, points, repeats, runs_dir):
     """Print the selected grid indices comma-separated (for sbatch --array); empty when none is left."""
-    runs = _selected(only, None)
+    runs = _selected(only, None, repeats)
     if runs_dir is not None:
-        runs = [r for r in runs if run_status(r, runs_dir) != 'finished']
+        runs = [r for r in runs if run_status(r, runs_dir, points=points) != 'finished']
     click.echo(','.join(str(run.index) for run in runs))
+
+
+@cli.command('missing')
+@click.argument('data_dir')
+@_only_opt
+def missing_cmd(data_dir, only):
+    """Print the dataset zips the selected runs need that DATA_DIR lacks, one per line (exit 0)."""
+    for name in missing_datasets(data_dir, _selected(only, None)):
+        click.echo(name)
 
 
 @cli.command('list')
 @click.argument('runs_dir', required=False)
 @_only_opt
-def list_cmd(runs_dir, only):
-    """Print index, dataset, preset, FID real set (and status when RUNS_DIR is given)."""
-    for run in _selected(only, None):
-        status = f'  {run_status(run, runs_dir)}' if runs_dir else ''
-        click.echo(f'{run.index:2d}  {run.dataset:<15} {run.schedule:<6} {run.real_set}{status}')
+@_points_opt
+@_repeats_opt
+def list_cmd(runs_dir, only, points, repeats):
+    """Print index, dataset, preset, seed, FID real set (and status when RUNS_DIR is given)."""
+    for run in _selected(only, None, repeats):
+        status = f'  {run_status(run, runs_dir, points=points)}' if runs_dir else ''
+        click.echo(f'{run.index:3d}  {run.dataset:<15} {run.schedule:<6} seed {run.seed}  {run.real_set}{status}')
 
 
 if __name__ == '__main__':

@@ -206,7 +206,7 @@ def test_markdown_marks_and_texts(written):
     fixed_mean = sum(paper_table(4)['Fixed'][c][0] for c in (1, 2, 3, 4)) / 4
     assert (f'| Fixed | missing | <u>23.711</u> | <u>27.033</u> | <u>25.152</u> | <u>24.195</u> | '
             f'{fixed_mean:.3f}* |') in md
-    assert '- Mix-dataset1/fixed: missing (no run dir)' in md
+    assert '- missing (no run dir): 1 of 80 runs: Mix-dataset1/fixed' in md
     assert '- Mix-dataset2/clr: partial, points at kimg [40, 60]' in md
 
 
@@ -258,7 +258,7 @@ def test_schedule_found_from_directory_and_unrecognised_runs(tmp_path):
     other.mkdir(parents=True)
     (other / 'training_options.json').write_text(json.dumps({'training_set_kwargs': {'path': 'd/ffhq.zip'}}))
     cells, notes = report.collect_runs(str(tmp_path))
-    assert list(cells) == [('Mix-dataset4', 'exp2')] and cells[('Mix-dataset4', 'exp2')]['found_by'] == 'directory'
+    assert list(cells) == [('Mix-dataset4', 'exp2')] and cells[('Mix-dataset4', 'exp2')][0]['found_by'] == 'directory'
     assert len(notes['unrecognised']) == 1 and 'ffhq' in notes['unrecognised'][0]
 
 
@@ -274,7 +274,8 @@ def test_cli(paper_runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert '79 runs read, 78 finished' in result.output
     assert sorted(os.listdir(tmp_path / 'o')) == sorted(
-        ['report.md', 'summary.json', 'points.csv', 'table3_fid100_CelebAMask-HQ.csv', 'table4_fid100_Mix-dataset.csv',
+        ['report.md', 'report.html', 'summary.json', 'points.csv', 'cells.csv', 'paired.csv',
+         'table3_fid100_CelebAMask-HQ.csv', 'table4_fid100_Mix-dataset.csv',
          'table5_fidmin_CelebAMask-HQ.csv', 'table6_fidmin_Mix-dataset.csv'])
 
 # ----------------------------------------------------------------------------
@@ -328,7 +329,8 @@ def test_small_count_run_with_custom_points(tmp_path):
     assert table_cell(summary, 'table6_', 'DDCLR', 'Mix-dataset1') == (301.25, 'ok')
     assert table_cell(summary, 'table4_', 'Fixed', 'Mix-dataset1') == (None, 'missing')
     assert sorted(os.listdir(out)) == sorted(
-        ['report.md', 'summary.json', 'points.csv', 'table3_fid2_CelebAMask-HQ.csv', 'table4_fid2_Mix-dataset.csv',
+        ['report.md', 'report.html', 'summary.json', 'points.csv', 'cells.csv', 'paired.csv',
+         'table3_fid2_CelebAMask-HQ.csv', 'table4_fid2_Mix-dataset.csv',
          'table5_fidmin_CelebAMask-HQ.csv', 'table6_fidmin_Mix-dataset.csv'])
     md = (out / 'report.md').read_text()
     assert '1 finished (all of kimg 1, 2)' in md

@@ -237,11 +237,20 @@ def _fake_python(tmp_path, fail_on=None):
     return str(script)
 
 
+def make_data(tmp_path):
+    """A DATA dir with (empty) zips of all 10 datasets: run_grid.sh checks they exist before running."""
+    data = tmp_path / 'd'
+    data.mkdir(exist_ok=True)
+    for name in DATASETS:
+        (data / f'{name}.zip').write_bytes(b'')
+    return str(data)
+
+
 def test_run_grid_runs_pending_commands_in_order(tmp_path):
     runs = str(tmp_path / 'runs')
     write_fake_run(os.path.join(runs, 'CelebAMask-HQ2', 'clr'), [40, 60, 80, 100])
     env = {'PYTHON': _fake_python(tmp_path)}
-    proc = run_script('run_grid.sh', str(tmp_path / 'd'), runs, '--only', '^CelebAMask-HQ2/', env=env)
+    proc = run_script('run_grid.sh', make_data(tmp_path), runs, '--only', '^CelebAMask-HQ2/', env=env)
     assert proc.returncode == 0, proc.stderr
     ran = (tmp_path / 'ran.log').read_text().splitlines()
     assert [dict(t.partition('=')[::2] for t in l.split()[1:])['--lr-schedule'] for l in ran] == \
@@ -251,7 +260,7 @@ def test_run_grid_runs_pending_commands_in_order(tmp_path):
 
 def test_run_grid_stops_at_a_failure_unless_keep_going(tmp_path):
     env = {'PYTHON': _fake_python(tmp_path, fail_on='lr-schedule=clr')}
-    proc = run_script('run_grid.sh', str(tmp_path / 'd'), str(tmp_path / 'r'), '--only', '^Mix-dataset5/', env=env)
+    proc = run_script('run_grid.sh', make_data(tmp_path), str(tmp_path / 'r'), '--only', '^Mix-dataset5/', env=env)
     assert proc.returncode == 1 and 'failed' in proc.stderr
     assert len((tmp_path / 'ran.log').read_text().splitlines()) == 2  # fixed, then the failing clr
     (tmp_path / 'ran.log').unlink()
@@ -291,3 +300,243 @@ def test_run_status_with_other_points(tmp_path):
     assert sg.run_status(run, runs_dir, points=(1, 2)) == 'finished'
     assert sg.run_status(run, runs_dir, points=(1, 2, 3)) == 'partial 2/3'
     assert sg.points_status({1: 5.0}, (1,)) == 'finished'
+
+
+# ----------------------------------------------------------------------------
+# Replicates, shrunk grids and status.json.
+
+
+def write_status(run_dir, state, evaluated, snap, metrics=('fid50k_full',), cur_kimg=None):
+    """status.json as train.py writes it at every checkpoint and at the end."""
+    os.makedirs(run_dir, exist_ok=True)
+    status = dict(state=state, cur_kimg=float(cur_kimg if cur_kimg is not None else max(evaluated, default=0)),
+                  total_kimg=float(max(snap)), evaluated_kimg=list(evaluated), metrics=list(metrics),
+                  snap_kimg=list(snap))
+    with open(os.path.join(run_dir, 'status.json'), 'w') as f:
+        json.dump(status, f)
+
+
+def test_repeats_give_r_times_80_distinct_commands_with_their_seeds():
+    result = CliRunner().invoke(sg.cli, ['commands', 'D', 'R', '--repeats', '3'])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 240 and len(set(lines)) == 240
+    parsed = [parse_command(l)[1] for l in lines]
+    assert len({o['--outdir'] for o in parsed}) == 240
+    for k in range(3):
+        block = parsed[k * 80:(k + 1) * 80]
+        assert {o.get('--seed', '0') for o in block} == {str(k)}
+        suffix = f'-seed{k}' if k else ''
+        assert [o['--outdir'] for o in block] == [os.path.join('R', d, p + suffix) for d in DATASETS for p in PRESETS]
+    # Replicate 0 is exactly today's single-replicate grid, so earlier runs count as replicate 0.
+    single = CliRunner().invoke(sg.cli, ['commands', 'D', 'R']).output.splitlines()
+    assert lines[:80] == single
+    assert [r.index for r in sg.grid(3)] == list(range(240))
+    indices = CliRunner().invoke(sg.cli, ['indices', '--repeats', '2', '--only', 'Mix-dataset1/ddclr$']).output
+    assert indices.strip() == '42,122'
+    bad = CliRunner().invoke(sg.cli, ['commands', 'D', 'R', '--index', '80'])
+    assert bad.exit_code != 0 and '--index 80' in bad.output
+
+
+def test_points_shrink_the_commands():
+    result = CliRunner().invoke(sg.cli, ['commands', 'D', 'R', '--points', '2,1', '--index', '3'])
+    _, opts = parse_command(result.output.strip())
+    assert (opts['--snap-kimg'], opts['--kimg']) == ('1,2', '2')
+    bad = CliRunner().invoke(sg.cli, ['commands', 'D', 'R', '--points', 'one'])
+    assert bad.exit_code == 2 and '--points' in bad.output
+
+
+def test_status_json_decides_when_present(tmp_path):
+    run = sg.grid()[0]
+    outdir = run.outdir(str(tmp_path))
+    run_dir = write_fake_run(outdir, [1, 2])                      # metric lines at both points ...
+    write_status(run_dir, 'running', [1, 2], [1, 2, 3])           # ... but the run was asked for 3 and is running
+    assert sg.run_status(run, str(tmp_path), points=(1, 2)) == 'partial 2/2'
+    write_status(run_dir, 'finished', [1, 2], [1, 2, 3])          # finished, yet one requested point never evaluated
+    assert sg.run_status(run, str(tmp_path), points=(1, 2)) == 'partial 2/2'
+    write_status(run_dir, 'finished', [1.024, 2.048], [1, 2])     # snapshots land a few images past the point
+    assert sg.run_status(run, str(tmp_path), points=(1, 2)) == 'finished'
+    assert sg.run_status(run, str(tmp_path)) == 'partial 0/4'     # the full grid's points were never asked for
+    write_status(run_dir, 'finished', [1, 2], [1, 2], metrics=['kid50k_full'])
+    assert sg.run_status(run, str(tmp_path), points=(1, 2)) == 'partial 0/2'
+    with open(os.path.join(run_dir, 'status.json'), 'w') as f:
+        f.write('{"state": "fini')                                # torn: the metric file decides again
+    assert sg.run_status(run, str(tmp_path), points=(1, 2)) == 'finished'
+    assert sg.read_status(run_dir) is None
+
+
+FAKE_TRAIN = '''
+import json, os, sys
+opts = dict(a.partition('=')[::2] for a in sys.argv[2:] if '=' in a)
+with open(os.environ['FAKE_LOG'], 'a') as f:
+    f.write(' '.join(sys.argv[1:]) + '\\n')
+outdir = opts['--outdir']
+run_dir = os.path.join(outdir, '00000-fake')
+os.makedirs(run_dir, exist_ok=True)
+with open(os.path.join(run_dir, 'training_options.json'), 'w') as f:
+    json.dump({}, f)
+snap = [int(k) for k in opts['--snap-kimg'].split(',')]
+interrupt = os.environ.get('FAKE_INTERRUPT', '')
+state = 'interrupted' if interrupt and interrupt in outdir else 'finished'
+done = snap[:1] if state == 'interrupted' else snap
+with open(os.path.join(run_dir, 'status.json'), 'w') as f:
+    json.dump(dict(state=state, cur_kimg=float(done[-1]), total_kimg=float(opts['--kimg']),
+                   evaluated_kimg=done, metrics=['fid50k_full'], snap_kimg=snap), f)
+sys.exit(75 if state == 'interrupted' else 0)
+'''
+
+
+def _fake_train_python(tmp_path):
+    """An interpreter whose train.py records a run dir with status.json (interrupted where FAKE_INTERRUPT matches)."""
+    (tmp_path / 'fake_train.py').write_text(FAKE_TRAIN)
+    script = tmp_path / 'python'
+    script.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ]; then exec {sys.executable} "$@"; fi\n'
+                      f'exec {sys.executable} {tmp_path / "fake_train.py"} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def _eq_opts(line):
+    return dict(t.partition('=')[::2] for t in shlex.split(line) if '=' in t)
+
+
+def test_shrunk_grid_rerun_skips_finished_and_continues_interrupted(tmp_path):
+    data, runs, log = make_data(tmp_path), str(tmp_path / 'runs'), tmp_path / 'ran.log'
+    env = {'PYTHON': _fake_train_python(tmp_path), 'FAKE_LOG': str(log),
+           'FAKE_INTERRUPT': os.path.join('Mix-dataset1', 'dclr1')}
+    args = (data, runs, '--only', '^Mix-dataset1/', '--repeats', '2', '--points', '1,2', '--', '--kimg', '2')
+    proc = run_script('run_grid.sh', *args, env=env)
+    assert proc.returncode == 75 and 'interrupted' in proc.stderr      # the 4th run of 16 stopped the grid
+    first = log.read_text().splitlines()
+    assert [_eq_opts(l)['--lr-schedule'] for l in first] == ['fixed', 'clr', 'ddclr', 'dclr1']
+    assert all('--snap-kimg=1,2' in l and '--kimg=2' in l for l in first)
+
+    log.unlink()
+    env['FAKE_INTERRUPT'] = 'no-such-run'
+    proc = run_script('run_grid.sh', *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    again = [_eq_opts(l) for l in log.read_text().splitlines()]
+    assert len(again) == 13                                             # 16 runs - 3 finished
+    assert again[0]['--outdir'] == os.path.join(runs, 'Mix-dataset1', 'dclr1')  # continued, same outdir
+    assert again[-1]['--outdir'] == os.path.join(runs, 'Mix-dataset1', 'exp2-seed1')
+    assert proc.stdout.count('skip: finished') == 3
+    proc = run_script('run_grid.sh', '--dry-run', *args, env=env)
+    assert proc.returncode == 0 and proc.stdout.count('# finished:') == 16
+
+
+def test_run_grid_help_and_missing_data(tmp_path):
+    proc = run_script('run_grid.sh', '--help')
+    assert proc.returncode == 0
+    for option in ('--dry-run', '--gpus', '--only', '--points', '--repeats', '--keep-going', 'TRAIN_ARGS'):
+        assert option in proc.stdout
+    data = tmp_path / 'data'
+    data.mkdir()
+    (data / 'CelebAMask-HQ1.zip').write_bytes(b'')
+    proc = run_script('run_grid.sh', str(data), str(tmp_path / 'runs'), '--dry-run', '--only', '^(CelebAMask-HQ1|Mix-dataset2)/')
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 16
+    warning = proc.stderr.splitlines()[0]
+    assert 'warning' in warning and 'Mix-dataset2.zip' in warning and 'CelebAMask-HQ2.zip' in warning
+    assert 'CelebAMask-HQ1.zip' not in warning and 'does not exist yet' in proc.stderr
+    proc = run_script('run_grid.sh', str(data), str(tmp_path / 'runs'), '--only', '^Mix-dataset2/',
+                      env={'PYTHON': _fake_python(tmp_path)})
+    assert proc.returncode == 1 and 'Mix-dataset2.zip' in proc.stderr
+    assert not (tmp_path / 'ran.log').exists()                          # nothing was started
+    proc = run_script('run_grid.sh', make_data(tmp_path), str(tmp_path / 'runs'), '-n', '--only', '^Mix-dataset2/')
+    assert proc.returncode == 0 and 'lacks' not in proc.stderr
+
+
+def test_slurm_sbatch_requests_the_signal_and_requeue(tmp_path):
+    runs = str(tmp_path / 'runs')
+    proc = run_script('slurm_grid.sh', make_data(tmp_path), runs, '--dry-run', '--repeats', '2', '--points', '1,2')
+    assert proc.returncode == 0, proc.stderr
+    sbatch = shlex.split(proc.stdout.splitlines()[0])
+    assert '--signal=B:USR1@300' in sbatch and '--requeue' in sbatch
+    assert next(a for a in sbatch if a.startswith('--array=')) == '--array=' + ','.join(map(str, range(160)))
+    task_args = sbatch[sbatch.index('--task'):]
+    assert task_args[task_args.index('--repeats') + 1] == '2' and task_args[task_args.index('--points') + 1] == '1,2'
+    assert len(proc.stdout.splitlines()) == 161
+    proc = run_script('slurm_grid.sh', make_data(tmp_path), runs, '--dry-run', env={'STUDY_SIGNAL_SECONDS': '600'})
+    assert '--signal=B:USR1@600' in shlex.split(proc.stdout.splitlines()[0])
+    proc = run_script('slurm_grid.sh', '--help')
+    assert proc.returncode == 0 and '--repeats' in proc.stdout and 'scontrol requeue' in proc.stdout
+
+
+def _slurm_task(tmp_path, train_body, signal_after=None):
+    """Run slurm_grid.sh --task with a fake train.py and a fake scontrol; return (proc, scontrol calls)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (bin_dir / 'scontrol').chmod(0o755)
+    (tmp_path / 'fake_train.py').write_text(train_body)
+    python = tmp_path / 'python'
+    python.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ]; then exec {sys.executable} "$@"; fi\n'
+                      f'exec {sys.executable} {tmp_path / "fake_train.py"} "$@"\n')
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), SLURM_ARRAY_TASK_ID='42', SLURM_JOB_ID='1234',
+               PATH=f'{bin_dir}:{os.environ["PATH"]}')
+    proc = subprocess.Popen(['bash', os.path.join(ROOT, 'scripts', 'slurm_grid.sh'), '--task', str(tmp_path / 'd'),
+                             str(tmp_path / 'r')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env)
+    if signal_after is not None:
+        ready = tmp_path / 'ready'
+        for _ in range(600):                  # wait until train.py has installed its handler (hang guard: 60 s)
+            if ready.exists():
+                break
+            subprocess.run(['sleep', '0.1'])
+        proc.send_signal(signal_after)
+    out, err = proc.communicate(timeout=120)
+    calls = (tmp_path / 'scontrol.log').read_text().splitlines() if (tmp_path / 'scontrol.log').exists() else []
+    return proc.returncode, out, err, calls
+
+
+WAIT_FOR_SIGNAL = f'''
+import os, signal, sys, time
+def stop(sig, frame):
+    open({{ready!r}}.replace('ready', 'got-signal'), 'w').write(str(sig))
+    sys.exit(75)
+signal.signal(signal.SIGUSR1, stop)
+open({{ready!r}}, 'w').close()
+time.sleep(100)
+'''
+
+
+def test_slurm_task_forwards_the_signal_and_requeues_on_75(tmp_path):
+    import signal
+    body = WAIT_FOR_SIGNAL.format(ready=str(tmp_path / 'ready'))
+    rc, out, err, calls = _slurm_task(tmp_path, body, signal_after=signal.SIGUSR1)
+    assert rc == 0, err
+    assert (tmp_path / 'got-signal').read_text() == str(int(signal.SIGUSR1))   # train.py itself got SIGUSR1
+    assert calls == ['requeue 1234']
+    assert 'requeueing job 1234' in out
+
+
+def test_slurm_task_passes_other_exit_codes_through_without_requeue(tmp_path):
+    rc, out, err, calls = _slurm_task(tmp_path, 'import sys; sys.exit(3)\n')
+    assert rc == 3 and calls == []
+    rc, out, err, calls = _slurm_task(tmp_path, 'pass\n')
+    assert rc == 0 and calls == []
+
+
+@pytest.mark.parametrize('script', ['run_grid.sh', 'slurm_grid.sh'])
+@pytest.mark.parametrize('bad', [('--repeats', '0'), ('--points', '1,x'), ('--gpus', 'two'), ('--points',)])
+def test_drivers_reject_bad_values_in_one_line(tmp_path, script, bad):
+    proc = run_script(script, str(tmp_path / 'd'), str(tmp_path / 'r'), '--dry-run', *bad)
+    assert proc.returncode == 2 and proc.stdout == ''
+    assert proc.stderr.splitlines()[0].startswith(f'{script}: {bad[0]}')
+
+
+def test_slurm_submission_calls_sbatch_with_the_array_and_requeue(tmp_path):
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'sbatch').write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > {tmp_path / "sbatch.log"}\n'
+                                    'echo "Submitted batch job 77"\n')
+    (bin_dir / 'sbatch').chmod(0o755)
+    runs = str(tmp_path / 'runs')
+    write_fake_run(os.path.join(runs, 'Mix-dataset1', 'ddclr'), [40, 60, 80, 100])
+    proc = run_script('slurm_grid.sh', make_data(tmp_path), runs, '--only', '^Mix-dataset1/', '--repeats', '2',
+                      env={'PATH': f'{bin_dir}:{os.environ["PATH"]}'})
+    assert proc.returncode == 0 and 'Submitted batch job 77' in proc.stdout, proc.stderr
+    args = (tmp_path / 'sbatch.log').read_text().splitlines()
+    assert '--array=40,41,43,44,45,46,47,120,121,122,123,124,125,126,127' in args  # 42 (seed 0 ddclr) finished
+    assert '--signal=B:USR1@300' in args and '--requeue' in args and '--open-mode=append' in args
+    assert os.path.isdir(os.path.join(runs, 'slurm-logs'))

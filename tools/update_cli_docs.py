@@ -38,6 +38,7 @@ COMMANDS = [
     ('study_grid-commands', ['-m', 'scripts.study_grid', 'commands', '--help']),
     ('study_grid-indices', ['-m', 'scripts.study_grid', 'indices', '--help']),
     ('study_grid-list', ['-m', 'scripts.study_grid', 'list', '--help']),
+    ('study_grid-missing', ['-m', 'scripts.study_grid', 'missing', '--help']),
     ('report', ['-m', 'scripts.report', '--help']),
 ]
 
