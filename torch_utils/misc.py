@@ -5,7 +5,6 @@ copying by name, DDP helpers, and a one-table module summary. Only public torch 
 """
 
 import contextlib
-import re
 import warnings
 
 import numpy as np
@@ -126,45 +125,6 @@ def copy_params_and_buffers(src_module, dst_module, require_all=False):
             if tuple(src.shape) != tuple(tensor.shape):
                 raise ValueError(f'{name}: source shape {list(src.shape)} != destination shape {list(tensor.shape)}')
             tensor.copy_(src.detach())
-
-
-# ----------------------------------------------------------------------------
-# Distributed helpers.
-
-
-@contextlib.contextmanager
-def ddp_sync(module, sync):
-    """Skip DDP's gradient all-reduce inside the block when `sync` is False (gradient accumulation).
-
-    A module that is not DistributedDataParallel is left alone.
-    """
-    assert isinstance(module, torch.nn.Module)
-    if sync or not isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        yield
-    else:
-        with module.no_sync():
-            yield
-
-
-def check_ddp_consistency(module, ignore_regex=None):
-    """Assert every parameter/buffer equals rank 0's copy (NaNs compared as equal).
-
-    Args:
-        module: The module to check (call on every rank).
-        ignore_regex: Names matching this regex are skipped (e.g. r'.*\\.w_avg').
-    """
-    assert isinstance(module, torch.nn.Module)
-    for name, tensor in named_params_and_buffers(module):
-        fullname = type(module).__name__ + '.' + name
-        if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
-            continue
-        tensor = tensor.detach()
-        if tensor.is_floating_point():
-            tensor = torch.nan_to_num(tensor)
-        other = tensor.clone()
-        torch.distributed.broadcast(tensor=other, src=0)
-        if not (tensor == other).all():
-            raise AssertionError(f'{fullname} differs between ranks')
 
 
 # ----------------------------------------------------------------------------
