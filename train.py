@@ -228,7 +228,8 @@ def _claim(args, plan):
     try:
         run_dir, lock = run_dir_lib.claim_new_run_dir(outdir, plan.desc, lambda d: run_dir_lib.to_json(dict(args, run_dir=d)))
     except OSError as e:
-        raise click.BadParameter(f'{outdir}: cannot create a run directory there: {e.strerror or e}',
+        why = 'it is a file, not a directory' if os.path.isfile(outdir) else e.strerror or str(e)
+        raise click.BadParameter(f'{outdir}: cannot create a run directory there: {why}',
                                  param_hint="'--outdir'") from None
     if run_dir != args.run_dir:
         print(f'{args.run_dir} was taken by a concurrent start; using {run_dir}.')

@@ -14,12 +14,10 @@ ALLOWED = {
     'dnnlib': set(),
     'torch_utils': {'dnnlib'},
     'schedulers': {'dnnlib'},
-    'training': {'dnnlib', 'torch_utils', 'schedulers', 'metrics', 'patches'},
+    'training': {'dnnlib', 'torch_utils', 'schedulers', 'patches'},
     'patches': {'dnnlib', 'torch_utils', 'training'},
     'metrics': {'dnnlib', 'torch_utils', 'training', 'patches'},
 }
-# Only the training loop may reach up into metrics/patches (it evaluates and writes snapshots).
-TRAINING_UPWARD_ONLY_IN = {os.path.join('training', 'training_loop.py')}
 
 
 def _imported_top_levels(path):
@@ -49,8 +47,6 @@ def test_imports_point_down(package):
             if top not in PROJECT or top == package:
                 continue
             allowed = ALLOWED[package]
-            if package == 'training' and top in {'metrics', 'patches'} and rel not in TRAINING_UPWARD_ONLY_IN:
-                allowed = allowed - {'metrics', 'patches'}
             if package == 'metrics' and full.startswith('training.training_loop'):
                 allowed = set()
             if top not in allowed:

@@ -26,9 +26,9 @@ def test_two_process_gloo_run(tmp_path):
     last_tick_iters = 1  # ticks end at 8 (tick 0), 24 (tick 1) and 32 images (tick 2, done)
     assert rows[-1]['Loss/G/loss']['num'] == 2 * 4 * last_tick_iters
     from torch_utils import checkpoint
-    _, state = checkpoint.load_latest(run_dir)
-    assert state['cur_nimg'] == 32
-    assert all(torch.isfinite(v).all() for v in state['G'].values() if v.is_floating_point())
+    _, meta, parts = checkpoint.load_latest(run_dir)
+    assert meta['cur_nimg'] == parts['counters']['cur_nimg'] == 32 and meta['finished']
+    assert all(torch.isfinite(v).all() for v in parts['G'].values() if v.is_floating_point())
     with open(os.path.join(run_dir, 'log.txt')) as f:
         assert 'Exiting...' in f.read()
 
@@ -54,8 +54,10 @@ def test_train_py_under_torchrun(tmp_path):
     with open(os.path.join(run_dir, 'training_options.json')) as f:
         assert json.load(f)['num_gpus'] == 2
     from torch_utils import checkpoint
-    _, state = checkpoint.load_latest(run_dir)
-    assert state['cur_nimg'] == 1000 and state['finished']
+    _, meta, _parts = checkpoint.load_latest(run_dir)
+    assert meta['cur_nimg'] == 1000 and meta['finished']
+    with open(os.path.join(run_dir, 'status.json')) as f:
+        assert json.load(f)['state'] == 'finished'
     assert 'network-snapshot-000001.pkl' in list_files(run_dir, 'network-snapshot-')
     rows = read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
     # Gmain reports batch_gpu=4 samples per rank: pooled over 2 ranks, 8 per iteration.

@@ -68,6 +68,12 @@ def try_lock(run_dir):
 def claim_new_run_dir(outdir, desc, options_text, attempts=100):
     """Create the next free run directory, lock it, then write its options (in that order).
 
+    Args:
+        outdir: parent directory (created if missing).
+        desc: run-name description.
+        options_text: callable(run_dir) -> the training_options.json text for that directory.
+        attempts: ids to try.
+
     Returns:
         (run_dir, RunLock).
 
@@ -82,7 +88,7 @@ def claim_new_run_dir(outdir, desc, options_text, attempts=100):
         except FileExistsError:
             continue  # another start took this id a moment ago
         lock = RunLock(run_dir)
-        dnnlib.util.atomic_write_text(os.path.join(run_dir, OPTIONS_FILE), options_text)
+        dnnlib.util.atomic_write_text(os.path.join(run_dir, OPTIONS_FILE), options_text(run_dir))
         return run_dir, lock
     raise FileExistsError(f'{outdir}: no free run directory after {attempts} attempts')
 
