@@ -11,7 +11,6 @@ checkpoint (EX_TEMPFAIL: run the same command again to continue).
 
 import errno
 import os
-import sys
 
 import click
 

@@ -18,88 +18,28 @@ Deliberate differences from upstream (see patches/README.md):
 - NaN/Inf gradient entries are zeroed as upstream, but counted and reported (Grads/*/nonfinite).
 """
 
-import copy
 import dataclasses
 import os
 import random
-import sys
 import time
 
 import numpy as np
-import psutil
 import torch
 
 import dnnlib
-from patches import network_pickle
 from torch_utils import checkpoint
 from torch_utils import distributed
-from torch_utils import misc
 from torch_utils import training_stats
-from training import ada as ada_lib
 from training import outputs
 from training import phases as phase_lib
 from training import preempt
 from training import snapshots
+from training import ticks
 from training.counters import Counters
-from training.ema import Ema
+from training.model import Model, RunConfig, build_model, print0, transfer_from_pickle
 from training.sampler import InfiniteSampler
 
 _NEVER = 1 << 62                # a snapshot interval that never comes
-PROGRESS_LINE_SEC = 30          # a line of progress at least this often within a long tick
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """The fixed settings the iteration and tick functions read (set once from the kwargs)."""
-    run_dir: str
-    rank: int
-    num_gpus: int
-    device: torch.device
-    batch_size: int
-    batch_gpu: int
-    random_seed: int
-    total_kimg: float
-    kimg_per_tick: float
-    snap_kimg: tuple
-    image_snapshot_ticks: int
-    network_snapshot_ticks: int
-    checkpoint_ticks: int
-    metrics: tuple
-
-    @property
-    def total_nimg(self):
-        return self.total_kimg * 1000
-
-
-@dataclasses.dataclass
-class Model:
-    """The trained objects, built once by `build_model`; each field is set only there."""
-    G: torch.nn.Module
-    D: torch.nn.Module
-    G_ema: torch.nn.Module
-    augment_pipe: torch.nn.Module
-    loss: object
-    ema: Ema
-    ada: ada_lib.AdaController
-    opts: dict              # 'G'/'D' -> NetOptimizer
-    phases: list            # [Phase]
-    timer: phase_lib.PhaseTimer
-
-    def parts(self):
-        """The checkpointed state, by name."""
-        return dict(G=self.G.state_dict(), D=self.D.state_dict(), G_ema=self.ema.state_dict(),
-                    G_opt=self.opts['G'].state_dict(), D_opt=self.opts['D'].state_dict(),
-                    loss=self.loss.state_dict(), ada=self.ada.state_dict() if self.ada is not None else None)
-
-    def load_parts(self, parts):
-        self.G.load_state_dict(parts['G'])
-        self.D.load_state_dict(parts['D'])
-        self.ema.load_state_dict(parts['G_ema'])
-        self.opts['G'].load_state_dict(parts['G_opt'])
-        self.opts['D'].load_state_dict(parts['D_opt'])
-        self.loss.load_state_dict(parts['loss'])
-        if self.ada is not None and parts['ada'] is not None:
-            self.ada.load_state_dict(parts['ada'])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +56,6 @@ class Result:
     counters: Counters
     state: str
     continued: bool
-
-
-def _print0(run, *args):
-    if run.rank == 0:
-        print(*args, flush=True)
 
 
 # ----------------------------------------------------------------------------
@@ -147,11 +82,11 @@ def _setup_runtime(run, cudnn_benchmark, allow_tf32):
 
 
 def _open_dataset(run, training_set_kwargs):
-    _print0(run, 'Loading training set...')
+    print0(run, 'Loading training set...')
     training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
-    _print0(run, f'Num images:  {len(training_set)}')
-    _print0(run, f'Image shape: {list(training_set.image_shape)}')
-    _print0(run, f'Label shape: {list(training_set.label_shape)}\n')
+    print0(run, f'Num images:  {len(training_set)}')
+    print0(run, f'Image shape: {list(training_set.image_shape)}')
+    print0(run, f'Label shape: {list(training_set.label_shape)}\n')
     return training_set
 
 
@@ -168,76 +103,6 @@ def _data_iterator(run, training_set, data_loader_kwargs, start_idx):
                                             batch_size=run.batch_size // run.num_gpus, **kwargs))
 
 
-def _build_networks(run, training_set, G_kwargs, D_kwargs, print_summary):
-    _print0(run, 'Constructing networks...')
-    common = dict(c_dim=training_set.label_dim, img_resolution=training_set.resolution,
-                  img_channels=training_set.num_channels)
-    G = dnnlib.util.construct_class_by_name(**G_kwargs, **common).train().requires_grad_(False).to(run.device)
-    D = dnnlib.util.construct_class_by_name(**D_kwargs, **common).train().requires_grad_(False).to(run.device)
-    G_ema = copy.deepcopy(G).eval()
-    if run.rank == 0 and print_summary:
-        # On copies, with zeros: the summary's forward pass would otherwise move G's w_avg (by garbage
-        # from uninitialised inputs), and two fresh runs of one command would differ.
-        z = torch.zeros([run.batch_gpu, G.z_dim], device=run.device)
-        c = torch.zeros([run.batch_gpu, G.c_dim], device=run.device)
-        img = misc.print_module_summary(copy.deepcopy(G), [z, c])
-        misc.print_module_summary(copy.deepcopy(D), [img.detach(), c])
-    return G, D, G_ema
-
-
-def build_model(run, training_set, G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwargs, loss_kwargs, augment_kwargs,
-                aug, ema, reg, lr_schedule, print_summary):
-    """Networks, augmentation + ADA, loss, optimizers and phases.
-
-    Args (beyond training_loop's own): aug = dict(p, target, interval, kimg, p_max); ema = dict(ema_kimg,
-    ema_rampup); reg = dict(G=G_reg_interval, D=D_reg_interval); lr_schedule = dict(schedule, target).
-    """
-    G, D, G_ema = _build_networks(run, training_set, G_kwargs, D_kwargs, print_summary)
-    pipe = ada = None
-    if augment_kwargs is not None and (aug['p'] > 0 or aug['target'] is not None):
-        pipe = dnnlib.util.construct_class_by_name(**augment_kwargs).train().requires_grad_(False).to(run.device)
-        ada_lib.set_initial_p(pipe, aug['p'])
-        ada = ada_lib.AdaController(pipe, aug['target'], aug['interval'], aug['kimg'], run.batch_size, aug['p_max'])
-    loss = dnnlib.util.construct_class_by_name(device=run.device, G_mapping=G.mapping, G_synthesis=G.synthesis,
-                                               D=D, augment_pipe=pipe, **loss_kwargs)
-    opts = {}
-    for name, module, opt_kwargs in (('G', G, G_opt_kwargs), ('D', D, D_opt_kwargs)):
-        scheduled = lr_schedule['schedule'] is not None and lr_schedule['target'] in ('both', name.lower())
-        opts[name] = phase_lib.NetOptimizer(module, opt_kwargs, reg[name], lr_schedule['schedule'] if scheduled else None,
-                                            run.total_nimg)
-    phases = phase_lib.build_phases(reg['G'], reg['D'])
-    timer = phase_lib.PhaseTimer(phases, enabled=run.rank == 0 and run.device.type == 'cuda', device=run.device)
-    return Model(G=G, D=D, G_ema=G_ema, augment_pipe=pipe, loss=loss, ema=Ema(G, G_ema, **ema), ada=ada, opts=opts,
-                 phases=phases, timer=timer)
-
-
-def _transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256):
-    """Transfer learning: weights by name from a network pickle; counters stay at zero."""
-    local = dnnlib.util.resolve_path_or_url(network_pickle.resolve_resume(resume_pkl))
-    sha = dnnlib.util.sha256_file(local)
-    if resume_pkl_sha256 is not None and sha != resume_pkl_sha256:
-        raise ValueError(f'{resume_pkl}: sha256 {sha} differs from {resume_pkl_sha256} recorded when '
-                         f'the run was set up; the transfer source changed')
-    _print0(run, f'Resuming from "{resume_pkl}" (sha256 {sha})')
-    data = network_pickle.load_network_pkl(local)
-    for name, dst in (('G', model.G), ('D', model.D), ('G_ema', model.G_ema)):
-        if data.get(name) is None:
-            raise ValueError(f'{resume_pkl}: the pickle has no {name}')
-        try:
-            misc.copy_params_and_buffers(data[name], dst, require_all=False)
-        except ValueError as e:
-            raise ValueError(f'{resume_pkl}: {name}.{e}') from None
-        src_names = {n for n, _ in misc.named_params_and_buffers(data[name])}
-        dst_names = [n for n, _ in misc.named_params_and_buffers(dst)]
-        fresh = [n for n in dst_names if n not in src_names]
-        unused = sorted(src_names - set(dst_names))
-        _print0(run, f'  {name}: copied {len(dst_names) - len(fresh)} tensors; kept fresh {len(fresh)}; '
-                     f'source-only {len(unused)}')
-        for label, names in (('kept fresh', fresh), ('source-only', unused)):
-            if names:
-                _print0(run, f'    {label}: {", ".join(names[:8])}' + (' ...' if len(names) > 8 else ''))
-
-
 def _restore(run, model, counters, found):
     """Load a checkpoint (path, meta, parts) into the model and counters."""
     path, _meta, parts = found
@@ -245,7 +110,7 @@ def _restore(run, model, counters, found):
     counters.load_state_dict(parts['counters'])
     if run.rank == 0:
         checkpoint.set_rng_state(parts['rng'])
-    _print0(run, f'Continuing the run from {path} at kimg {counters.cur_nimg / 1000:.3f} (tick {counters.cur_tick}).')
+    print0(run, f'Continuing the run from {path} at kimg {counters.cur_nimg / 1000:.3f} (tick {counters.cur_tick}).')
 
 
 def find_checkpoint(run_dir):
@@ -314,162 +179,6 @@ def training_step(run, model, counters, training_set, data_iter):
 # Ticks: status line, snapshots, metrics, statistics, checkpoints.
 
 
-@dataclasses.dataclass
-class TickClock:
-    """Wall-clock marks of the run and of the tick in progress."""
-    start: float
-    tick_start: float
-    maintenance: float = 0.0
-    last_line: float = 0.0
-
-
-def tick_due(run, counters, done):
-    """True when this iteration ends a tick: first iteration, done, tick length, or a kimg point."""
-    if done or counters.cur_tick == 0:  # tick 0 ends after the very first iteration
-        return True
-    if counters.cur_nimg >= counters.tick_start_nimg + run.kimg_per_tick * 1000:
-        return True
-    return bool(counters.due_points(run.snap_kimg))
-
-
-def _progress_line(run, counters, clock):
-    """A line within a long tick (at least every PROGRESS_LINE_SEC), so a slow run never looks stuck."""
-    now = time.time()
-    if now - max(clock.last_line, clock.tick_start) >= PROGRESS_LINE_SEC:
-        clock.last_line = now
-        _print0(run, f'  ... tick {counters.cur_tick} in progress: kimg {counters.cur_nimg / 1000:.3f}, '
-                     f'{dnnlib.util.format_time(now - clock.tick_start)} into the tick')
-
-
-def _status_line(run, model, counters, clock, now):
-    tick_time = now - clock.tick_start
-    kimg_done = max(counters.cur_nimg - counters.tick_start_nimg, 1) / 1000
-    cpu_gb = psutil.Process(os.getpid()).memory_info().rss / 2**30
-    gpu_gb = 0.0
-    if run.device.type == 'cuda':
-        gpu_gb = torch.cuda.max_memory_allocated(run.device) / 2**30
-        torch.cuda.reset_peak_memory_stats(run.device)
-    # The schedule's value is the lr curve as the paper draws it; the optimizer's lr also carries
-    # the lazy-regularisation ratio I / (I + 1) (e.g. 0.0025 -> 0.002 for G, 0.00235 for D).
-    g, d, r = model.opts['G'], model.opts['D'], training_stats.report0
-    fields = [
-        f"tick {r('Progress/tick', counters.cur_tick):<5d}",
-        f"kimg {r('Progress/kimg', counters.cur_nimg / 1e3):<8.1f}",
-        f"time {dnnlib.util.format_time(r('Timing/total_sec', now - clock.start)):<12s}",
-        f"sec/tick {r('Timing/sec_per_tick', tick_time):<7.1f}",
-        f"sec/kimg {r('Timing/sec_per_kimg', tick_time / kimg_done):<7.2f}",
-        f"maintenance {r('Timing/maintenance_sec', clock.maintenance):<6.1f}",
-        f"cpumem {r('Resources/cpu_mem_gb', cpu_gb):<6.2f}",
-        f"gpumem {r('Resources/peak_gpu_mem_gb', gpu_gb):<6.2f}",
-        f"augment {r('Progress/augment', model.ada.p if model.ada is not None else 0):.3f}",
-        f"lrG {r('Progress/lr_G', g.schedule_lr(counters.cur_nimg - run.batch_size)):<9.3g}",
-        f"lrD {r('Progress/lr_D', d.schedule_lr(counters.cur_nimg - run.batch_size)):<9.3g}",
-        f"optimizer-lrG {r('Progress/opt_lr_G', g.lr):<9.3g}",
-        f"optimizer-lrD {r('Progress/opt_lr_D', d.lr):.3g}",
-    ]
-    r('Timing/total_hours', (now - clock.start) / (60 * 60))
-    r('Timing/total_days', (now - clock.start) / (24 * 60 * 60))
-    _print0(run, ' '.join(fields))
-
-
-def _snapshot_labels(run, counters, done, preempted):
-    """(image labels, network labels, kimg points) due at this tick end."""
-    points = counters.due_points(run.snap_kimg)
-    point_labels = [outputs.kimg_label(k) for k in points]
-    tick_label = [f'{counters.cur_nimg // 1000:06d}']
-    # A preempted tick writes only what a requested kimg point needs: the grace time is short.
-    image_due = not preempted and (done or counters.cur_tick % run.image_snapshot_ticks == 0)
-    network_due = not preempted and (done or counters.cur_tick % run.network_snapshot_ticks == 0)
-    images = list(dict.fromkeys((tick_label if image_due else []) + point_labels))
-    networks = list(dict.fromkeys(point_labels + (tick_label if network_due else [])))
-    return images, networks, points
-
-
-def _snapshots(run, model, counters, grid, hooks, done, preempted):
-    """Image and network snapshots due at this tick end, then metrics on the network snapshot."""
-    image_labels, network_labels, points = _snapshot_labels(run, counters, done, preempted)
-    if run.rank == 0:
-        for label in image_labels:
-            grid.save_fakes(model.G_ema, run.run_dir, label)
-    results = {}
-    if network_labels:
-        modules = dict(G=model.G, D=model.D, G_ema=model.G_ema, augment_pipe=model.augment_pipe)
-        data = snapshots.snapshot_data(modules, hooks.training_set_kwargs, counters.cur_nimg, run.num_gpus)
-        pkl = snapshots.save_network_snapshots(data, run.run_dir, network_labels) if run.rank == 0 else None
-        if hooks.metric_fn is not None and run.metrics:
-            _print0(run, 'Evaluating metrics...')
-            results = hooks.metric_fn(G=data['G_ema'], snapshot_pkl=pkl, cur_nimg=counters.cur_nimg, device=run.device)
-    counters.points_done = sorted(set(counters.points_done) | set(points))
-    return results
-
-
-def _warn_nonfinite(run, stats):
-    """One log line per network whose gradients held NaN/Inf during the tick (they were zeroed)."""
-    for name in ('G', 'D'):
-        entry = stats.get(f'Grads/{name}/nonfinite')
-        total = 0 if entry is None or entry.num == 0 else round(entry.mean * entry.num)
-        if total > 0:
-            _print0(run, f'Warning: {total} non-finite gradient values in {name} this tick were replaced '
-                         f'(NaN -> 0, Inf -> +-1e5); if this persists, lower the lr or try --fp32.')
-
-
-def save_checkpoint(run, model, counters, finished, state):
-    """Fold pending ADA statistics (all ranks), then write the checkpoint and status.json (rank 0)."""
-    if model.ada is not None:
-        model.ada.fold_pending()  # a collective
-    if run.rank != 0:
-        return
-    sys.stdout.flush()  # log.txt must be complete: its size goes into the checkpoint
-    parts = dict(model.parts(), counters=counters.state_dict(), rng=checkpoint.get_rng_state())
-    meta = dict(finished=bool(finished), outputs=outputs.appended_sizes(run.run_dir))
-    path = checkpoint.state_path(run.run_dir, counters.cur_nimg)
-    with outputs.naming_errors(path):
-        checkpoint.save_state(run.run_dir, parts, counters.cur_nimg, meta=meta)
-    outputs.write_status(run.run_dir, state, counters, run.total_kimg, run.metrics, run.snap_kimg)
-    print(f'Saved training state {os.path.basename(path)}', flush=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Hooks:
-    """Callables and data the tick end hands outwards (all optional)."""
-    training_set_kwargs: dict
-    metric_fn: object = None     # (G, snapshot_pkl, cur_nimg, device) -> {name: value}; train.py builds it
-    abort_fn: object = None      # () -> bool: stop after this tick
-    progress_fn: object = None   # (cur_kimg, total_kimg) at each tick end
-
-
-def end_tick(run, model, counters, clock, grid, stats_writer, collector, hooks, done, preempted):
-    """Tick maintenance: status, abort check, snapshots, metrics, stats, counters, checkpoint.
-
-    Returns:
-        'finished', 'aborted', 'preempted' or None (keep training).
-    """
-    tick_end = time.time()
-    _status_line(run, model, counters, clock, tick_end)
-    aborted = not done and hooks.abort_fn is not None and hooks.abort_fn()
-    if aborted:
-        _print0(run, 'Aborting...')
-    metric_results = _snapshots(run, model, counters, grid, hooks, done or aborted, preempted)
-    model.timer.report()
-    collector.update()
-    stats = collector.as_dict()
-    if stats_writer is not None:
-        stats_writer.write(stats, metric_results, counters.cur_nimg, time.time())
-    _warn_nonfinite(run, stats)
-    if hooks.progress_fn is not None:
-        hooks.progress_fn(counters.cur_nimg // 1000, run.total_kimg)
-    outcome = 'finished' if done else 'aborted' if aborted else 'preempted' if preempted else None
-    finished_tick = counters.cur_tick
-    counters.cur_tick += 1
-    counters.tick_start_nimg = counters.cur_nimg
-    if outcome is not None or finished_tick % run.checkpoint_ticks == 0:
-        status = {'finished': 'finished', 'preempted': 'preempted', 'aborted': 'interrupted'}.get(outcome, 'running')
-        save_checkpoint(run, model, counters, finished=done, state=status)
-    clock.tick_start = time.time()
-    clock.maintenance = clock.tick_start - tick_end
-    return outcome
-
-
 def _stop_requested(run, stop, batch_idx):
     """Whether SIGTERM/SIGUSR1 arrived; with several ranks they agree every 4 iterations (a small sync)."""
     if run.num_gpus == 1:
@@ -481,7 +190,7 @@ def _stop_requested(run, stop, batch_idx):
 
 def _train(run, model, counters, training_set, data_iter, grid, stats_writer, hooks, iteration_fn, stop):
     """Iterate until the budget, an abort or a stop request; returns the outcome."""
-    clock = TickClock(start=time.time(), tick_start=time.time())
+    clock = ticks.TickClock(start=time.time(), tick_start=time.time())
     collector = training_stats.Collector(regex='.*')
     if counters.cur_nimg >= run.total_nimg:
         return 'finished'
@@ -492,13 +201,13 @@ def _train(run, model, counters, training_set, data_iter, grid, stats_writer, ho
             iteration_fn(model, counters, step)
         preempted = not done and _stop_requested(run, stop, counters.batch_idx)
         if preempted:
-            _print0(run, f'Received {stop.received or "a stop request"}: writing a checkpoint and stopping.')
-        if tick_due(run, counters, done) or preempted:
-            outcome = end_tick(run, model, counters, clock, grid, stats_writer, collector, hooks, done, preempted)
+            print0(run, f'Received {stop.received or "a stop request"}: writing a checkpoint and stopping.')
+        if ticks.tick_due(run, counters, done) or preempted:
+            outcome = ticks.end_tick(run, model, counters, clock, grid, stats_writer, collector, hooks, done, preempted)
             if outcome is not None:
                 return outcome
         else:
-            _progress_line(run, counters, clock)
+            ticks.progress_line(run, counters, clock)
 
 
 # ----------------------------------------------------------------------------
@@ -510,7 +219,7 @@ def _open_outputs(run, training_set, model, continued):
     if run.rank != 0:
         return None, None
     os.makedirs(run.run_dir, exist_ok=True)
-    _print0(run, 'Exporting sample images...')
+    print0(run, 'Exporting sample images...')
     # Chunks of batch_gpu on a GPU (memory, as upstream); larger on CPU, where per-call overhead dominates.
     chunk = run.batch_gpu if run.device.type == 'cuda' else max(run.batch_gpu, 128)
     grid = snapshots.ImageGrid(training_set, model.G.z_dim, run.random_seed, run.device, chunk)
@@ -586,9 +295,9 @@ def training_loop(*, run_dir='.', training_set_kwargs=None, data_loader_kwargs=N
     if found:
         _restore(run, model, counters, found)
     elif resume_pkl is not None:
-        _transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256)
+        transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256)
     _sync_ranks(model, counters)
-    hooks = Hooks(training_set_kwargs=training_set_kwargs, metric_fn=metric_fn, abort_fn=abort_fn,
+    hooks = ticks.Hooks(training_set_kwargs=training_set_kwargs, metric_fn=metric_fn, abort_fn=abort_fn,
                   progress_fn=progress_fn)
     return _run(run, model, counters, training_set, data_loader_kwargs or {}, hooks, iteration_fn, bool(found))
 
@@ -614,7 +323,7 @@ def _sync_ranks(model, counters):
 def _run(run, model, counters, training_set, data_loader_kwargs, hooks, iteration_fn, continued):
     data_iter = _data_iterator(run, training_set, data_loader_kwargs, counters.cur_nimg)
     grid, stats_writer = _open_outputs(run, training_set, model, continued)
-    _print0(run, f'Training for {run.total_kimg} kimg...\n')
+    print0(run, f'Training for {run.total_kimg} kimg...\n')
     state = 'interrupted'
     try:
         with preempt.StopRequest() as stop:
@@ -628,7 +337,7 @@ def _run(run, model, counters, training_set, data_loader_kwargs, hooks, iteratio
                 outputs.write_status(run.run_dir, 'interrupted', counters, run.total_kimg, run.metrics, run.snap_kimg)
             except OSError:
                 pass  # the error that stopped the run (e.g. a full disk) is the one to report
-    _print0(run, '\nExiting...' if state != 'preempted' else f'\nStopped for preemption (exit code {preempt.EXIT_PREEMPTED}).')
+    print0(run, '\nExiting...' if state != 'preempted' else f'\nStopped for preemption (exit code {preempt.EXIT_PREEMPTED}).')
     return Result(model=model, counters=counters, state=state, continued=continued)
 
 
