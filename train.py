@@ -41,6 +41,8 @@ def _resume_info(spec, allow_download):
     """
     if spec is None or spec == 'noresume':
         return None
+    import training.augment  # noqa: F401  (the pickle loader builds registered classes only)
+    import training.networks  # noqa: F401
     from patches import network_pickle
     name = spec if spec in network_pickle.RESUME_SPECS else None
     pkl = network_pickle.resolve_resume(spec)

@@ -152,8 +152,15 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
     assert isinstance(module, torch.nn.Module)
     assert not isinstance(module, torch.jit.ScriptModule)
     assert isinstance(inputs, (tuple, list))
+    outputs, entries = _forward_with_hooks(module, inputs, max_nesting)
+    print(_format_table(_summary_rows(module, entries, skip_redundant)))
+    print()
+    return outputs
 
-    entries = []   # (submodule, [output tensors]) in the order their forward passes finished
+
+def _forward_with_hooks(module, inputs, max_nesting):
+    """(outputs, [(submodule, [output tensors])]) in the order the submodules' forward passes finished."""
+    entries = []
     depth = [0]
 
     def pre_hook(_mod, _inputs):
@@ -172,7 +179,10 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
     finally:
         for hook in hooks:
             hook.remove()
+    return outputs, entries
 
+
+def _summary_rows(module, entries, skip_redundant):
     # Count every tensor once, at the first (innermost) entry that owns it.
     seen = set()
     names = {mod: name for name, mod in module.named_modules()}
@@ -197,10 +207,7 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
                 rows.append([label, num_params or '-', num_buffers or '-', shape, dtype])
             else:
                 rows.append([label + f':{idx}', '', '', shape, dtype])
-    rows += [['---'] * 5, ['Total', total_params, total_buffers, '', '']]
-    print(_format_table(rows))
-    print()
-    return outputs
+    return rows + [['---'] * 5, ['Total', total_params, total_buffers, '', '']]
 
 
 # ----------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import dnnlib
 from patches import network_pickle
 from torch_utils import misc
 from training import ada as ada_lib
+from training import augment  # noqa: F401  (registers AugmentPipe for the pickle loader)
+from training import networks  # noqa: F401  (registers the network classes for the pickle loader)
 from training import phases as phase_lib
 from training.ema import Ema
 

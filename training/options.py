@@ -331,6 +331,11 @@ def _augment(o, args, desc_parts):
         desc_parts.append(f'-target{o.target:g}')
         args.ada_target = o.target
 
+    _ada_bounds(o, aug, args)
+    _augpipe(o, aug, args, desc_parts)
+
+
+def _ada_bounds(o, aug, args):
     if o.ada_p_max is not None:
         _require(aug == 'ada', '--ada-p-max', 'can only be given with --aug=ada')
         _require(o.ada_p_max > 0, '--ada-p-max', f'must be > 0, got {o.ada_p_max}')
@@ -343,6 +348,8 @@ def _augment(o, args, desc_parts):
                  f'{o.ada_p_init} is above --ada-p-max {o.ada_p_max}')
         args.augment_p = o.ada_p_init
 
+
+def _augpipe(o, aug, args, desc_parts):
     _require(o.augpipe is None or aug != 'noaug', '--augpipe', 'cannot be given with --aug=noaug')
     augpipe = o.augpipe if o.augpipe is not None else 'bgc'
     _require(augpipe in AUGPIPE_CHOICES, '--augpipe', f'must be one of {", ".join(AUGPIPE_CHOICES)}')
@@ -444,6 +451,11 @@ def _extras(o, args, info):
         _require(o.ema_kimg > 0, '--ema-kimg', f'must be > 0, got {o.ema_kimg}')
         args.ema_kimg = o.ema_kimg
 
+    _snapshots_and_metrics(o, args, info)
+
+
+def _snapshots_and_metrics(o, args, info):
+    """kimg points, metric data and size, device, checkpoint and tick intervals."""
     # kimg snapshot points: each must be reached before training stops.
     points = parse_kimg_list(o.snap_kimg)
     if points:
