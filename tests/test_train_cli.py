@@ -65,7 +65,7 @@ def test_auto_derivation(res, gpus, mb, batch_gpu, channel_base, lr, gamma, ema)
 ])
 def test_cfg_table_uses_ref_gpus_for_batch_gpu(cfg, batch_gpu, mbstd, gamma, lr, map_):
     _, a = _build(cfg=cfg)
-    assert a.batch_gpu == batch_gpu  # mb // ref_gpus, not mb // gpus (fact sheet §12.1)
+    assert a.batch_gpu == batch_gpu  # mb // ref_gpus, not mb // gpus (as upstream)
     assert a.D_kwargs.epilogue_kwargs.mbstd_group_size == mbstd
     assert (a.loss_kwargs.r1_gamma, a.G_opt_kwargs.lr, a.G_kwargs.mapping_kwargs.num_layers) == (gamma, lr, map_)
     assert a.G_opt_kwargs.betas == [0, 0.99]  # unscaled: the loop applies the lazy-reg ratio
