@@ -299,3 +299,23 @@ def test_transfer_starts_from_source_weights(data_zip, tmp_path):
     with pytest.raises(ValueError, match='sha256 .* differs .* transfer source changed'):
         training_loop.training_loop(**tiny_loop_kwargs(data_zip, str(tmp_path / 'dst2'), total_kimg=0.004,
                                                        resume_pkl=pkl, resume_pkl_sha256='0' * 64))
+
+
+def test_headerless_state_of_the_previous_format_still_loads(tmp_path, reference):
+    """A run checkpointed by the previous version (a bare torch.save dict) continues after an update."""
+    from torch_utils import checkpoint
+    parts = reference['parts']
+    c = parts['counters']
+    old = dict(version=1, cur_nimg=c['cur_nimg'], cur_tick=c['cur_tick'], batch_idx=c['batch_idx'], finished=True,
+               G=parts['G'], D=parts['D'], G_ema=parts['G_ema'], augment_pipe={}, G_opt=parts['G_opt'],
+               D_opt=parts['D_opt'], loss=parts['loss'], ada_p=parts['ada']['p'], ada_carry=parts['ada']['carry'],
+               snap_kimg_done=c['points_done'], rng=parts['rng'])
+    path = str(tmp_path / 'training-state-000000.pt')
+    torch.save(old, path)
+    assert checkpoint.read_meta(path) == dict(finished=True, cur_nimg=44)
+    _, meta, loaded = checkpoint.load_latest(str(tmp_path))
+    _assert_same_parts(parts, loaded)
+    assert loaded['counters'] == dict(c, tick_start_nimg=c['cur_nimg'])
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(checkpoint.UnreadableState, match='headerless'):
+        checkpoint.load_state(path)

@@ -120,8 +120,14 @@ def save_state(run_dir, parts, cur_nimg, meta=None, keep=KEEP):
 # Reading.
 
 
+_ZIP_MAGIC = b'PK\x03\x04'  # a bare torch.save file: the format before the checksummed header
+
+
 def _read_header(f, path):
-    if f.read(len(MAGIC)) != MAGIC:
+    start = f.read(len(MAGIC))
+    if start.startswith(_ZIP_MAGIC):
+        raise _Legacy()
+    if start != MAGIC:
         raise UnreadableState(f'{path}: not a training-state file (bad magic; truncated, zeroed or foreign)')
     line = f.readline(_MAX_HEADER)
     try:
@@ -132,6 +138,25 @@ def _read_header(f, path):
     return header
 
 
+class _Legacy(Exception):
+    """The file is a bare torch.save dict written before states had a header."""
+
+
+def _load_legacy(path, map_location='cpu', mmap=False):
+    """(meta, parts) of a headerless state file (no checksum: torch's zip reader still catches truncation)."""
+    try:
+        old = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        meta = dict(finished=bool(old.get('finished', False)), cur_nimg=int(old['cur_nimg']))
+        parts = dict(G=old['G'], D=old['D'], G_ema=old['G_ema'], G_opt=old['G_opt'], D_opt=old['D_opt'],
+                     loss=old['loss'], rng=old['rng'],
+                     ada=dict(p=float(old['ada_p']), carry=list(old['ada_carry'])) if old.get('augment_pipe') is not None else None,
+                     counters=dict(cur_nimg=old['cur_nimg'], cur_tick=old['cur_tick'], batch_idx=old['batch_idx'],
+                                   tick_start_nimg=old['cur_nimg'], points_done=list(old['snap_kimg_done'])))
+    except Exception as e:  # any failure means the file cannot be continued from
+        raise UnreadableState(f'{path}: cannot load (headerless state file): {e}') from None
+    return meta, parts
+
+
 def read_meta(path):
     """The small JSON meta of a state file (cur_nimg, finished, ...) without reading its tensors.
 
@@ -139,7 +164,11 @@ def read_meta(path):
         UnreadableState, OSError.
     """
     with open(path, 'rb') as f:
-        return _read_header(f, path)['meta']
+        try:
+            return _read_header(f, path)['meta']
+        except _Legacy:
+            pass
+    return _load_legacy(path, mmap=True)[0]
 
 
 def load_state(path, map_location='cpu'):
@@ -152,8 +181,13 @@ def load_state(path, map_location='cpu'):
         UnreadableState naming the file when any check fails; OSError when it cannot be read.
     """
     with open(path, 'rb') as f:
-        header = _read_header(f, path)
-        payload = f.read()
+        try:
+            header = _read_header(f, path)
+        except _Legacy:
+            header = None
+        payload = f.read() if header is not None else None
+    if header is None:
+        return _load_legacy(path, map_location)
     if len(payload) != header['size']:
         raise UnreadableState(f'{path}: truncated ({len(payload)} of {header["size"]} payload bytes)')
     if hashlib.sha256(payload).hexdigest() != header['sha256']:
