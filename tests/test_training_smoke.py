@@ -272,3 +272,14 @@ def test_cuda_mixed_precision_smoke(data_zip, tmp_path):
     assert math.isfinite(rows[-1]['Loss/G/loss']['mean']) and 'Timing/Gmain' in rows[-1]
     assert rows[-1]['Resources/peak_gpu_mem_gb']['mean'] > 0
     assert all(torch.isfinite(p).all() for p in model.G_ema.parameters())
+
+
+def test_long_ticks_print_progress_lines(data_zip, tmp_path, monkeypatch, capsys):
+    """Within a tick, a progress line appears once PROGRESS_LINE_SEC has passed (0 here: every step)."""
+    from training import ticks, training_loop
+    monkeypatch.setattr(ticks, 'PROGRESS_LINE_SEC', 0)
+    training_loop.training_loop(**tiny_loop_kwargs(data_zip, str(tmp_path), total_kimg=0.016, kimg_per_tick=0.008))
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'in progress' in line]
+    # 4 steps: tick 0 ends after step 1, tick 1 after step 3 (8 images), tick 2 after step 4; step 2 is mid-tick.
+    assert [line.split(',')[0] for line in lines] == ['  ... tick 1 in progress: kimg 0.008']
+    assert lines[0].endswith('into the tick')
