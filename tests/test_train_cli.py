@@ -443,3 +443,29 @@ def test_sigterm_exits_75_through_the_cli(data_zip, tmp_path):
     assert proc.returncode == 75, out[-3000:]
     (run_dir,) = outdir.iterdir()
     assert json.load(open(run_dir / 'status.json'))['state'] == 'preempted'
+
+
+def test_two_concurrent_starts_of_one_command_train_in_different_run_dirs(data_zip, tmp_path):
+    """Two train.py processes started together with the same --outdir: both start training, each in its
+    own run directory (then SIGTERM stops both with a checkpoint, exit status 75)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    outdir = tmp_path / 'runs'
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data_zip}', '--device=cpu',
+           '--batch=4', '--kimg=1', '--cbase=256', '--cmax=16', '--map-depth=2', '--metrics=none', '--aug=noaug',
+           '--workers=0', '--snap=1000', '--tick=0.004']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    procs = [subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    deadline = time.time() + 600  # hang guard only
+    while time.time() < deadline and len(list(outdir.glob('*/training-state-*.pt'))) < 2:
+        assert all(p.poll() is None for p in procs), [p.stdout.read() for p in procs]
+        time.sleep(0.1)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], [o[-2000:] for o in outs]
+    assert sorted(d.name[:5] for d in outdir.iterdir()) == ['00000', '00001']
+    assert not any('Traceback' in o for o in outs)
