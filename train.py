@@ -227,7 +227,8 @@ def _claim(args, plan):
     """Create and lock the run directory of a new run (the next free id if another start took ours)."""
     outdir = os.path.dirname(args.run_dir)
     try:
-        run_dir, lock = run_dir_lib.claim_new_run_dir(outdir, plan.desc, lambda d: run_dir_lib.to_json(dict(args, run_dir=d)))
+        run_dir, lock = run_dir_lib.claim_new_run_dir(outdir, plan.desc,
+                                                      lambda d: run_dir_lib.to_json(dict(args, run_dir=d)))
     except OSError as e:
         why = 'it is a file, not a directory' if os.path.isfile(outdir) else e.strerror or str(e)
         raise click.BadParameter(f'{outdir}: cannot create a run directory there: {why}',
@@ -272,7 +273,8 @@ def _run_torchrun(opts):
         try:
             args, plan = prepare(opts)
             if args.num_gpus != env['world_size']:
-                raise opt_lib.OptionError('--gpus', f'{args.num_gpus} does not match torchrun WORLD_SIZE {env["world_size"]}')
+                raise opt_lib.OptionError('--gpus', f'{args.num_gpus} does not match torchrun WORLD_SIZE '
+                                                    f'{env["world_size"]}')
             lock = plan.lock if plan.kind != 'new' else _claim(args, plan)
             _print_summary(args, plan)
             payload = dict(args, _plan_kind=plan.kind)
@@ -364,7 +366,8 @@ class _CommaList(click.ParamType):
 @click.option('--checkpoint-ticks', help='Ticks between full training-state checkpoints [default: --snap]', type=int, metavar='INT')
 @click.option('--metric-data', help='Dataset for the metrics [default: training data]', metavar='PATH')
 @click.option('--metric-num-gen', help='Generated images per metric (quick, small-sample metrics) [default: full]', type=int, metavar='INT')
-@click.option('--tick', '--kimg-per-tick', 'tick', help='kimg per tick: how often a status line, stats.jsonl row and snapshot check happen (small runs want small ticks)', type=float, metavar='KIMG', default=D['tick'], show_default=True)
+@click.option('--tick', '--kimg-per-tick', 'tick', type=float, metavar='KIMG', default=D['tick'], show_default=True,
+              help='kimg per tick: how often a status line, stats.jsonl row and snapshot check happen (small runs want small ticks)')
 # Performance options.
 @click.option('--fp32', help='Train in float32 only (no fp16 layers, no clamping)', type=bool, metavar='BOOL', default=D['fp32'], show_default=True)
 @click.option('--nhwc', help='Channels-last layout in the fp16 layers', type=bool, metavar='BOOL', default=D['nhwc'], show_default=True)

@@ -375,6 +375,8 @@ def test_finished_run_prints_one_line_and_exits_0(data_zip, tmp_path):
     assert res.exit_code == 0
     assert res.output.strip().splitlines() == [
         f'{run_dir}: finished at 1 kimg (fid50k_full at 0.5, 1); nothing to do. Pass --new-run to start another run.']
+    res = _invoke(['--resume', run_dir])
+    assert res.exit_code == 0 and res.output.strip().splitlines()[-1].startswith(f'{run_dir}: finished at 1 kimg')
 
 
 def test_outdir_that_is_a_file_is_one_line(data_zip, tmp_path):

@@ -147,9 +147,9 @@ def _load_legacy(path, map_location='cpu', mmap=False):
     try:
         old = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         meta = dict(finished=bool(old.get('finished', False)), cur_nimg=int(old['cur_nimg']))
+        ada = dict(p=float(old['ada_p']), carry=list(old['ada_carry']))
         parts = dict(G=old['G'], D=old['D'], G_ema=old['G_ema'], G_opt=old['G_opt'], D_opt=old['D_opt'],
-                     loss=old['loss'], rng=old['rng'],
-                     ada=dict(p=float(old['ada_p']), carry=list(old['ada_carry'])) if old.get('augment_pipe') is not None else None,
+                     loss=old['loss'], rng=old['rng'], ada=ada if old.get('augment_pipe') is not None else None,
                      counters=dict(cur_nimg=old['cur_nimg'], cur_tick=old['cur_tick'], batch_idx=old['batch_idx'],
                                    tick_start_nimg=old['cur_nimg'], points_done=list(old['snap_kimg_done'])))
     except Exception as e:  # any failure means the file cannot be continued from

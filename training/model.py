@@ -111,7 +111,8 @@ def build_model(run, training_set, G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwarg
     opts = {}
     for name, module, opt_kwargs in (('G', G, G_opt_kwargs), ('D', D, D_opt_kwargs)):
         scheduled = lr_schedule['schedule'] is not None and lr_schedule['target'] in ('both', name.lower())
-        opts[name] = phase_lib.NetOptimizer(module, opt_kwargs, reg[name], lr_schedule['schedule'] if scheduled else None,
+        opts[name] = phase_lib.NetOptimizer(module, opt_kwargs, reg[name],
+                                            lr_schedule['schedule'] if scheduled else None,
                                             run.total_nimg)
     phases = phase_lib.build_phases(reg['G'], reg['D'])
     timer = phase_lib.PhaseTimer(phases, enabled=run.rank == 0 and run.device.type == 'cuda', device=run.device)

@@ -78,7 +78,8 @@ def _setup_runtime(run, cudnn_benchmark, allow_tf32):
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
     if run.num_gpus > 1:
-        training_stats.init_multiprocessing(rank=run.rank, sync_device=run.device if run.device.type == 'cuda' else None)
+        sync_device = run.device if run.device.type == 'cuda' else None
+        training_stats.init_multiprocessing(rank=run.rank, sync_device=sync_device)
 
 
 def _open_dataset(run, training_set_kwargs):
@@ -176,7 +177,7 @@ def training_step(run, model, counters, training_set, data_iter):
 
 
 # ----------------------------------------------------------------------------
-# Ticks: status line, snapshots, metrics, statistics, checkpoints.
+# The iteration loop (tick ends are training/ticks.py).
 
 
 def _stop_requested(run, stop, batch_idx):
@@ -188,9 +189,10 @@ def _stop_requested(run, stop, batch_idx):
     return distributed.any_rank(stop.received is not None, run.device)
 
 
-def _train(run, model, counters, training_set, data_iter, grid, stats_writer, hooks, iteration_fn, stop):
+def _train(run, model, counters, training_set, data_iter, grid, stats_writer, hooks, iteration_fn, stop, start_time):
     """Iterate until the budget, an abort or a stop request; returns the outcome."""
-    clock = ticks.TickClock(start=time.time(), tick_start=time.time())
+    now = time.time()  # tick 0's maintenance is the set-up time, as upstream
+    clock = ticks.TickClock(start=start_time, tick_start=now, maintenance=now - start_time)
     collector = training_stats.Collector(regex='.*')
     if counters.cur_nimg >= run.total_nimg:
         return 'finished'
@@ -273,6 +275,7 @@ def training_loop(*, run_dir='.', training_set_kwargs=None, data_loader_kwargs=N
     Returns:
         Result(model, counters, state, continued).
     """
+    start_time = time.time()
     device_type = distributed.resolve_device_type(device)
     run = RunConfig(run_dir=run_dir, rank=rank, num_gpus=num_gpus,
                     device=distributed.device_for(device_type, rank if local_rank is None else local_rank),
@@ -299,7 +302,8 @@ def training_loop(*, run_dir='.', training_set_kwargs=None, data_loader_kwargs=N
     _sync_ranks(model, counters)
     hooks = ticks.Hooks(training_set_kwargs=training_set_kwargs, metric_fn=metric_fn, abort_fn=abort_fn,
                   progress_fn=progress_fn)
-    return _run(run, model, counters, training_set, data_loader_kwargs or {}, hooks, iteration_fn, bool(found))
+    return _run(run, model, counters, training_set, data_loader_kwargs or {}, hooks, iteration_fn, bool(found),
+                start_time)
 
 
 def _agree_on_checkpoint(run, checkpoint_found):
@@ -320,7 +324,7 @@ def _sync_ranks(model, counters):
     counters.load_state_dict(distributed.broadcast_object(counters.state_dict()))
 
 
-def _run(run, model, counters, training_set, data_loader_kwargs, hooks, iteration_fn, continued):
+def _run(run, model, counters, training_set, data_loader_kwargs, hooks, iteration_fn, continued, start_time):
     data_iter = _data_iterator(run, training_set, data_loader_kwargs, counters.cur_nimg)
     grid, stats_writer = _open_outputs(run, training_set, model, continued)
     print0(run, f'Training for {run.total_kimg} kimg...\n')
@@ -328,7 +332,7 @@ def _run(run, model, counters, training_set, data_loader_kwargs, hooks, iteratio
     try:
         with preempt.StopRequest() as stop:
             state = _train(run, model, counters, training_set, data_iter, grid, stats_writer, hooks, iteration_fn,
-                           stop)
+                           stop, start_time)
     finally:
         if stats_writer is not None:
             stats_writer.close()
@@ -337,7 +341,8 @@ def _run(run, model, counters, training_set, data_loader_kwargs, hooks, iteratio
                 outputs.write_status(run.run_dir, 'interrupted', counters, run.total_kimg, run.metrics, run.snap_kimg)
             except OSError:
                 pass  # the error that stopped the run (e.g. a full disk) is the one to report
-    print0(run, '\nExiting...' if state != 'preempted' else f'\nStopped for preemption (exit code {preempt.EXIT_PREEMPTED}).')
+    print0(run, f'\nStopped for preemption (exit code {preempt.EXIT_PREEMPTED}).' if state == 'preempted' else
+           '\nExiting...')
     return Result(model=model, counters=counters, state=state, continued=continued)
 
 
