@@ -285,25 +285,26 @@ def training_loop(*, run_dir='.', training_set_kwargs=None, data_loader_kwargs=N
                     network_snapshot_ticks=network_snapshot_ticks or _NEVER,
                     checkpoint_ticks=checkpoint_ticks or network_snapshot_ticks or 50, metrics=tuple(metrics or ()))
     assert batch_size % (batch_gpu * num_gpus) == 0, 'batch_size must be a multiple of batch_gpu * num_gpus'
-    _setup_runtime(run, cudnn_benchmark, allow_tf32)
-    training_set = _open_dataset(run, training_set_kwargs)
-    model = build_model(run, training_set, G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwargs, loss_kwargs or {},
-                        augment_kwargs, aug=dict(p=augment_p, target=ada_target, interval=ada_interval, kimg=ada_kimg,
-                                                 p_max=ada_p_max),
-                        ema=dict(ema_kimg=ema_kimg, ema_rampup=ema_rampup),
-                        reg=dict(G=G_reg_interval, D=D_reg_interval),
-                        lr_schedule=dict(schedule=lr_schedule, target=lr_schedule_target), print_summary=print_summary)
-    counters = Counters()
-    found = _agree_on_checkpoint(run, checkpoint_found)
-    if found:
-        _restore(run, model, counters, found)
-    elif resume_pkl is not None:
-        transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256)
-    _sync_ranks(model, counters)
-    hooks = ticks.Hooks(training_set_kwargs=training_set_kwargs, metric_fn=metric_fn, abort_fn=abort_fn,
-                  progress_fn=progress_fn)
-    return _run(run, model, counters, training_set, data_loader_kwargs or {}, hooks, iteration_fn, bool(found),
-                start_time)
+    # Installed first: SIGTERM/SIGUSR1 during the set-up stop the run after its first step, with a checkpoint.
+    with preempt.StopRequest() as stop:
+        _setup_runtime(run, cudnn_benchmark, allow_tf32)
+        training_set = _open_dataset(run, training_set_kwargs)
+        aug = dict(p=augment_p, target=ada_target, interval=ada_interval, kimg=ada_kimg, p_max=ada_p_max)
+        model = build_model(run, training_set, G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwargs, loss_kwargs or {},
+                            augment_kwargs, aug=aug, ema=dict(ema_kimg=ema_kimg, ema_rampup=ema_rampup),
+                            reg=dict(G=G_reg_interval, D=D_reg_interval),
+                            lr_schedule=dict(schedule=lr_schedule, target=lr_schedule_target), print_summary=print_summary)
+        counters = Counters()
+        found = _agree_on_checkpoint(run, checkpoint_found)
+        if found:
+            _restore(run, model, counters, found)
+        elif resume_pkl is not None:
+            transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256)
+        _sync_ranks(model, counters)
+        hooks = ticks.Hooks(training_set_kwargs=training_set_kwargs, metric_fn=metric_fn, abort_fn=abort_fn,
+                            progress_fn=progress_fn)
+        return _run(run, model, counters, training_set, data_loader_kwargs or {}, hooks, iteration_fn, bool(found),
+                    start_time, stop)
 
 
 def _agree_on_checkpoint(run, checkpoint_found):
@@ -324,15 +325,14 @@ def _sync_ranks(model, counters):
     counters.load_state_dict(distributed.broadcast_object(counters.state_dict()))
 
 
-def _run(run, model, counters, training_set, data_loader_kwargs, hooks, iteration_fn, continued, start_time):
+def _run(run, model, counters, training_set, data_loader_kwargs, hooks, iteration_fn, continued, start_time, stop):
     data_iter = _data_iterator(run, training_set, data_loader_kwargs, counters.cur_nimg)
     grid, stats_writer = _open_outputs(run, training_set, model, continued)
     print0(run, f'Training for {run.total_kimg} kimg...\n')
     state = 'interrupted'
     try:
-        with preempt.StopRequest() as stop:
-            state = _train(run, model, counters, training_set, data_iter, grid, stats_writer, hooks, iteration_fn,
-                           stop, start_time)
+        state = _train(run, model, counters, training_set, data_iter, grid, stats_writer, hooks, iteration_fn, stop,
+                       start_time)
     finally:
         if stats_writer is not None:
             stats_writer.close()
