@@ -8,6 +8,7 @@ printed ratio is meaningful even on a noisy shared machine. Defaults:
 
 Usage:
     python benchmarks/bench_training.py                        # CPU: ~1 minute at 32x32
+    python benchmarks/bench_training.py --kimg 0.016 --warmup 1 --cbase 256 --cmax 16   # CPU smoke: seconds
     python benchmarks/bench_training.py --res 256 --cfg paper256 --batch 64 --kimg 2   # GPU
     python benchmarks/bench_training.py --res 512 --cfg paper512 --batch 64 --batch-gpu 8 --kimg 1
 """
@@ -44,7 +45,7 @@ def write_dataset(path, res, num_images=64):
     return path
 
 
-def loop_kwargs(a, data, device_type, fp32, batch_gpu):
+def loop_kwargs(a, data, device_type, fp32, batch_gpu, run_dir):
     """training_loop kwargs from the CLI translation (so the benchmark measures what train.py runs)."""
     info = opt_lib.inspect_dataset(data)
     opts = dict(data=data, cfg=a.cfg, batch=a.batch, batch_gpu=batch_gpu, fp32=fp32, metrics='none', aug=a.aug,
@@ -53,33 +54,34 @@ def loop_kwargs(a, data, device_type, fp32, batch_gpu):
     if device_type == 'cpu':
         # A small network: the CPU benchmark measures the loop, not a 16k-channel-base convolution.
         for kw in (args.G_kwargs.synthesis_kwargs, args.D_kwargs):
-            kw.channel_base, kw.channel_max = 1024, 64
+            kw.channel_base, kw.channel_max = a.cbase, a.cmax
         args.G_kwargs.z_dim = args.G_kwargs.w_dim = 64
-    args.update(run_dir=None, device=device_type, print_summary=False, image_snapshot_ticks=None,
+    args.update(run_dir=run_dir, device=device_type, print_summary=False, image_snapshot_ticks=None,
                 network_snapshot_ticks=None, total_kimg=a.kimg, kimg_per_tick=a.kimg)
     return args
 
 
 def measure(args, device_type, warmup_iters):
-    """(sec/kimg over the timed part, peak GPU GiB) of one training run."""
-    marks = []
+    """(sec/kimg from the end of the warm-up to the last iteration, peak GPU GiB) of one training run.
 
-    def on_iteration(S):
-        if S.batch_idx == warmup_iters:
+    Only iterations are timed: set-up, the start-up grids and the final snapshot/checkpoint are not.
+    """
+    marks = []
+    total_nimg = int(args['total_kimg'] * 1000)
+
+    def on_iteration(model, counters, step):
+        if counters.batch_idx == warmup_iters or counters.cur_nimg >= total_nimg:
             if device_type == 'cuda':
                 torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            marks.append((time.perf_counter(), S.cur_nimg))
+                if counters.batch_idx == warmup_iters:
+                    torch.cuda.reset_peak_memory_stats()
+            marks.append((time.perf_counter(), counters.cur_nimg))
 
     args = dict(args, iteration_fn=on_iteration)
     with open(os.devnull, 'w') as devnull, contextlib.redirect_stdout(devnull):  # keep only the results
         training_loop.training_loop(**args)
-    if device_type == 'cuda':
-        torch.cuda.synchronize()
-    t1 = time.perf_counter()
-    total_nimg = int(args['total_kimg'] * 1000)
-    t0, nimg0 = marks[0]
-    sec_per_kimg = (t1 - t0) / max(total_nimg - nimg0, 1) * 1000
+    (t0, nimg0), (t1, nimg1) = marks[0], marks[-1]
+    sec_per_kimg = (t1 - t0) / max(nimg1 - nimg0, 1) * 1000
     peak = torch.cuda.max_memory_allocated() / 2**30 if device_type == 'cuda' else float('nan')
     return sec_per_kimg, peak
 
@@ -95,6 +97,8 @@ def main():
     parser.add_argument('--kimg', type=float, default=None, help='kimg per measured run [0.4 on CPU, 2 on GPU]')
     parser.add_argument('--aug', default='ada', choices=['ada', 'noaug'])
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations at the start of each run')
+    parser.add_argument('--cbase', type=int, default=1024, help='CPU only: channel base of the small network')
+    parser.add_argument('--cmax', type=int, default=64, help='CPU only: most channels of the small network')
     a = parser.parse_args()
     device_type = 'cuda' if a.device == 'auto' and torch.cuda.is_available() else ('cpu' if a.device == 'auto' else a.device)
     gpu = device_type == 'cuda'
@@ -113,7 +117,7 @@ def main():
                      (f'batch_gpu={a.batch // 2} (baseline)', dict(fp32=True, batch_gpu=a.batch // 2))]
         results = []
         for label, case in cases:
-            args = loop_kwargs(a, data, device_type, **case)
+            args = loop_kwargs(a, data, device_type, run_dir=os.path.join(tmp, f'run{len(results)}'), **case)
             sec, peak = measure(args, device_type, a.warmup)
             results.append((label, sec, peak))
             mem = f'peak GPU mem {peak:6.2f} GiB' if gpu else 'peak GPU mem n/a (CPU)'

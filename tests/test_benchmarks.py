@@ -46,7 +46,9 @@ def test_bench_ops_reference_timings_on_cpu():
 
 @pytest.mark.slow
 def test_bench_training_cpu():
-    out = _bench('bench_training.py', '--device', 'cpu', '--kimg', '0.016', '--warmup', '1')
+    # Smoke size: 2 iterations of a 16-channel network per case (the ratio's value is not asserted).
+    out = _bench('bench_training.py', '--device', 'cpu', '--kimg', '0.016', '--warmup', '1', '--res', '16',
+                 '--cbase', '256', '--cmax', '16')
     _ratio(out, r'is ([0-9.]+)x the speed of')
 
 

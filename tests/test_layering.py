@@ -15,14 +15,11 @@ ALLOWED = {
     'dnnlib': set(),
     'torch_utils': {'dnnlib'},
     'schedulers': {'dnnlib'},
-    'training': {'dnnlib', 'torch_utils', 'schedulers', 'metrics', 'patches'},
+    'training': {'dnnlib', 'torch_utils', 'schedulers', 'patches'},
     'patches': {'dnnlib', 'torch_utils'},
     'metrics': {'dnnlib', 'torch_utils', 'training', 'patches'},
     'dataset_build': {'dnnlib', 'torch_utils'},
 }
-# patches sits below training (the pickle loader builds classes that callers registered), so any
-# training module may import it; only the training loop may reach up into metrics (it evaluates).
-TRAINING_UPWARD_ONLY_IN = {os.path.join('training', 'training_loop.py')}
 
 
 def _imported_top_levels(path):
@@ -52,8 +49,6 @@ def test_imports_point_down(package):
             if top not in PROJECT or top == package:
                 continue
             allowed = ALLOWED[package]
-            if package == 'training' and top == 'metrics' and rel not in TRAINING_UPWARD_ONLY_IN:
-                allowed = allowed - {'metrics'}
             if package == 'metrics' and full.startswith('training.training_loop'):
                 allowed = set()
             if top not in allowed:

@@ -90,7 +90,7 @@ def test_phase_gradients_and_stats(phase, g_grad, names):
     mapping, synthesis, D = _nets()
     loss = StyleGAN2Loss('cpu', mapping, synthesis, D)
     collector = training_stats.Collector(regex='Loss/.*')
-    loss.accumulate_gradients(phase, *_batch(), sync=True, gain=1)
+    loss.accumulate_gradients(phase, *_batch(), gain=1)
     collector.update()
     assert set(collector.names()) == names
     for name in names:
@@ -105,8 +105,8 @@ def test_phase_gradients_and_stats(phase, g_grad, names):
 def test_disabled_regularisers_do_nothing():
     mapping, synthesis, D = _nets()
     loss = StyleGAN2Loss('cpu', mapping, synthesis, D, r1_gamma=0, pl_weight=0)
-    loss.accumulate_gradients('Greg', *_batch(), sync=True, gain=4)
-    loss.accumulate_gradients('Dreg', *_batch(), sync=True, gain=16)
+    loss.accumulate_gradients('Greg', *_batch(), gain=4)
+    loss.accumulate_gradients('Dreg', *_batch(), gain=16)
     assert not _has_grad(mapping) and not _has_grad(synthesis) and not _has_grad(D)
 
 
@@ -115,7 +115,7 @@ def test_g_loss_is_nonsaturating_logistic():
     loss = StyleGAN2Loss('cpu', mapping, synthesis, D, style_mixing_prob=0)
     collector = training_stats.Collector()
     real, c, z, _ = _batch()
-    loss.accumulate_gradients('Gmain', real, c, z, c, sync=True, gain=1)
+    loss.accumulate_gradients('Gmain', real, c, z, c, gain=1)
     collector.update()
     with torch.no_grad():
         logits = D(synthesis(mapping(z, c)), c)
@@ -145,7 +145,7 @@ def test_r1_matches_independent_computation(scale):
     loss = StyleGAN2Loss('cpu', mapping, synthesis, D, augment_pipe=augment, r1_gamma=3.0)
     collector = training_stats.Collector()
     real, c, z, _ = _batch()
-    loss.accumulate_gradients('Dreg', real, c, z, c, sync=True, gain=1)
+    loss.accumulate_gradients('Dreg', real, c, z, c, gain=1)
     collector.update()
     got = _grads(D)
 
@@ -166,22 +166,22 @@ def test_reg_gain_scales_gradient_linearly():
     mapping, synthesis, D = _nets()
     loss = StyleGAN2Loss('cpu', mapping, synthesis, D)
     batch = _batch()
-    loss.accumulate_gradients('Dreg', *batch, sync=True, gain=1)
+    loss.accumulate_gradients('Dreg', *batch, gain=1)
     g1 = _grads(D)
     D.zero_grad(set_to_none=True)
-    loss.accumulate_gradients('Dreg', *batch, sync=True, gain=16)
+    loss.accumulate_gradients('Dreg', *batch, gain=16)
     for a, b in zip(g1, _grads(D)):
         assert torch.allclose(b, 16 * a, rtol=1e-5, atol=1e-8)
 
     # Path length: same random noise (same seed) and same pl_mean start.
     state = loss.state_dict()
     torch.manual_seed(5)
-    loss.accumulate_gradients('Greg', *batch, sync=True, gain=1)
+    loss.accumulate_gradients('Greg', *batch, gain=1)
     g1 = _grads(synthesis)
     synthesis.zero_grad(set_to_none=True)
     loss.load_state_dict(state)
     torch.manual_seed(5)
-    loss.accumulate_gradients('Greg', *batch, sync=True, gain=4)
+    loss.accumulate_gradients('Greg', *batch, gain=4)
     for a, b in zip(g1, _grads(synthesis)):
         assert torch.allclose(b, 4 * a, rtol=1e-5, atol=1e-8)
 
@@ -216,7 +216,7 @@ def test_pl_mean_update_rule_and_penalty():
         lengths = _reference_pl_lengths(copy.deepcopy(mapping), synthesis, half, c[:3], seed)
         expected_mean = expected_mean + (lengths.mean() - expected_mean) * 0.25   # lerp
         torch.manual_seed(seed)
-        loss.accumulate_gradients('Greg', real, c, z, c, sync=True, gain=1)
+        loss.accumulate_gradients('Greg', real, c, z, c, gain=1)
         collector.update()
         assert float(loss.pl_mean) == pytest.approx(float(expected_mean), rel=1e-5)
         assert collector.num('Loss/pl_penalty') == 3
@@ -231,7 +231,7 @@ def test_loss_state_round_trip_continues_identically():
     batch = _batch()
     for seed in range(3):
         torch.manual_seed(seed)
-        loss.accumulate_gradients('Greg', *batch, sync=True, gain=4)
+        loss.accumulate_gradients('Greg', *batch, gain=4)
     assert float(loss.pl_mean) > 0
 
     # A continued run: fresh loss object over copies of the networks, state restored.
@@ -241,16 +241,16 @@ def test_loss_state_round_trip_continues_identically():
     for module in (mapping, synthesis, mapping2, synthesis2):
         module.zero_grad(set_to_none=True)
     torch.manual_seed(99)
-    loss.accumulate_gradients('Greg', *batch, sync=True, gain=4)
+    loss.accumulate_gradients('Greg', *batch, gain=4)
     torch.manual_seed(99)
-    resumed.accumulate_gradients('Greg', *batch, sync=True, gain=4)
+    resumed.accumulate_gradients('Greg', *batch, gain=4)
     assert float(resumed.pl_mean) == float(loss.pl_mean)
     for a, b in zip(_grads(synthesis), _grads(synthesis2)):
         assert torch.equal(a, b)
     # Without the state the continuation differs (pl_mean restarts at 0, as upstream did).
     fresh = StyleGAN2Loss('cpu', copy.deepcopy(mapping), copy.deepcopy(synthesis), copy.deepcopy(D))
     torch.manual_seed(99)
-    fresh.accumulate_gradients('Greg', *batch, sync=True, gain=4)
+    fresh.accumulate_gradients('Greg', *batch, gain=4)
     assert float(fresh.pl_mean) != float(loss.pl_mean)
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_run_g_mixes_once_per_batch_and_skips_w_avg_update():
     loss = StyleGAN2Loss('cpu', mapping, synthesis, D, style_mixing_prob=1.0)
     _, c, z, _ = _batch(n=5)
     torch.manual_seed(3)
-    _img, ws = loss.run_G(z, c, sync=True)
+    _img, ws = loss.run_G(z, c)
     assert mapping.calls == [False, True]   # second mapping call leaves w_avg alone
     with torch.no_grad():
         own = mapping(z, c)
@@ -314,7 +314,7 @@ def test_real_networks_all_phases_with_augmentation():
         for m in (G, D):
             m.requires_grad_(m is module)
             m.zero_grad(set_to_none=True)
-        loss.accumulate_gradients(phase, real, c, z, c, sync=True, gain=4 if phase.endswith('reg') else 1)
+        loss.accumulate_gradients(phase, real, c, z, c, gain=4 if phase.endswith('reg') else 1)
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads), phase
     collector.update()

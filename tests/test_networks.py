@@ -602,8 +602,6 @@ def test_misc_helpers():
         assert n1 == n2 and torch.equal(t1, t2)
     with pytest.raises(KeyError, match='mapping.embed'):
         misc.copy_params_and_buffers(_tiny_G(), _tiny_G(c_dim=2), require_all=True)
-    with misc.ddp_sync(src, sync=False):
-        pass
 
 
 def test_print_module_summary_counts(capsys):

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 import dnnlib
 from training import options as opt_lib
+from training import run_dir as run_dir_lib
 from training_helpers import write_image_zip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ def test_auto_derivation(res, gpus, mb, batch_gpu, channel_base, lr, gamma, ema)
 ])
 def test_cfg_table_uses_ref_gpus_for_batch_gpu(cfg, batch_gpu, mbstd, gamma, lr, map_):
     _, a = _build(cfg=cfg)
-    assert a.batch_gpu == batch_gpu  # mb // ref_gpus, not mb // gpus (fact sheet §12.1)
+    assert a.batch_gpu == batch_gpu  # mb // ref_gpus, not mb // gpus (as upstream)
     assert a.D_kwargs.epilogue_kwargs.mbstd_group_size == mbstd
     assert (a.loss_kwargs.r1_gamma, a.G_opt_kwargs.lr, a.G_kwargs.mapping_kwargs.num_layers) == (gamma, lr, map_)
     assert a.G_opt_kwargs.betas == [0, 0.99]  # unscaled: the loop applies the lazy-reg ratio
@@ -166,31 +167,70 @@ def test_non_power_of_two_resolution_is_rejected():
         _build(_info(res=48))
 
 
-def test_find_continuable_run(tmp_path):
+def _fake_run(outdir, name, args, finished=None):
+    """A run directory as launch() leaves it: options, and optionally a checkpoint (finished or not)."""
     from torch_utils import checkpoint
+    run_dir = os.path.join(str(outdir), name)
+    os.makedirs(run_dir)
+    dnnlib.util.atomic_write_text(os.path.join(run_dir, 'training_options.json'),
+                                  run_dir_lib.to_json(dict(args, run_dir=run_dir)))
+    if finished is not None:
+        checkpoint.save_state(run_dir, dict(x=1), 4000, meta=dict(finished=finished))
+    return run_dir
+
+
+def test_find_matching_runs(tmp_path):
     _, a = _build()
-    for name, stored, finished in [('00000-old', a, False), ('00001-other', dict(a, random_seed=7), False),
-                                   ('00002-done', a, True)]:
-        os.makedirs(tmp_path / name)
-        dnnlib.util.atomic_write_text(str(tmp_path / name / 'training_options.json'),
-                                      opt_lib.to_json(dict(stored, run_dir=str(tmp_path / name))))
-        checkpoint.save_state(str(tmp_path / name), dict(cur_nimg=4000, finished=finished), 4000)
-    found = opt_lib.find_continuable_run(str(tmp_path), a, checkpoint.has_unfinished_state)
-    assert found == str(tmp_path / '00000-old')
-    assert opt_lib.next_run_dir(str(tmp_path), 'x') == str(tmp_path / '00003-x')
-    # A run stored before resume_pkl_sha256 existed continues; one with a different source does not.
+    old = _fake_run(tmp_path, '00000-old', a, finished=False)
+    _fake_run(tmp_path, '00001-other', dict(a, random_seed=7), finished=False)
+    done = _fake_run(tmp_path, '00002-done', a, finished=True)
+    assert run_dir_lib.find_matching_runs(str(tmp_path), a) == [done, old]
+    assert run_dir_lib.next_run_dir(str(tmp_path), 'x') == str(tmp_path / '00003-x')
+    # A run stored before resume_pkl_sha256 existed matches; one with a different source does not.
     with_sha = dict(a, resume_pkl='/x/src.pkl', resume_pkl_sha256='ab' * 32)
     stored = {k: v for k, v in with_sha.items() if k != 'resume_pkl_sha256'}
-    dnnlib.util.atomic_write_text(str(tmp_path / '00000-old' / 'training_options.json'),
-                                  opt_lib.to_json(dict(stored, run_dir=str(tmp_path / '00000-old'))))
-    assert opt_lib.find_continuable_run(str(tmp_path), with_sha, checkpoint.has_unfinished_state) == \
-        str(tmp_path / '00000-old')
-    dnnlib.util.atomic_write_text(str(tmp_path / '00000-old' / 'training_options.json'),
-                                  opt_lib.to_json(dict(with_sha, run_dir=str(tmp_path / '00000-old'))))
-    changed = dict(with_sha, resume_pkl_sha256='cd' * 32)
-    assert opt_lib.find_continuable_run(str(tmp_path), changed, checkpoint.has_unfinished_state) is None
-    assert opt_lib.find_continuable_run(str(tmp_path), with_sha, checkpoint.has_unfinished_state) == \
-        str(tmp_path / '00000-old')
+    assert run_dir_lib.same_options(run_dir_lib.normalise(stored), with_sha)
+    assert not run_dir_lib.same_options(with_sha, dict(with_sha, resume_pkl_sha256='cd' * 32))
+
+
+def _claim_worker(outdir, barrier, queue):
+    barrier.wait()
+    run_dir, lock = run_dir_lib.claim_new_run_dir(outdir, 'x', lambda d: '{}')
+    queue.put(run_dir)
+    lock.close()
+
+
+def test_concurrent_claims_get_different_run_dirs(tmp_path):
+    """Several starts released at the same moment: each gets its own directory, none fails."""
+    import multiprocessing
+    ctx = multiprocessing.get_context('fork')
+    barrier, queue = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_claim_worker, args=(str(tmp_path), barrier, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    dirs = sorted(queue.get(timeout=10) for _ in procs)
+    assert dirs == [str(tmp_path / f'{i:05d}-x') for i in range(4)]
+    assert all(os.path.isfile(os.path.join(d, 'training_options.json')) for d in dirs)
+
+
+def test_a_run_locked_by_another_process_is_not_continued(data_zip, tmp_path):
+    """A concurrent start of the same command never trains in the run dir of a live process."""
+    import train
+    opts = dict(outdir=str(tmp_path), data=data_zip, device='cpu', batch=4, kimg=1, metrics='none')
+    args, plan = train.prepare(opts)
+    run_dir = _fake_run(tmp_path, os.path.basename(args.run_dir), args, finished=False)
+    held = run_dir_lib.RunLock(run_dir)  # as if training there now
+    try:
+        args2, plan2 = train.prepare(opts)
+        assert plan2.kind == 'new' and args2.run_dir != run_dir
+    finally:
+        held.close()
+    args3, plan3 = train.prepare(opts)
+    assert (plan3.kind, args3.run_dir) == ('continue', run_dir)
+    plan3.lock.close()
 
 
 # ----------------------------------------------------------------------------
@@ -231,28 +271,29 @@ def test_missing_dataset_names_data(tmp_path):
     assert res.exit_code == 2 and "'--data'" in res.output
 
 
-def test_help_hides_test_flags():
+def test_help_documents_ticks_and_preemption():
     # The help text itself is compared with docs/cli/train.txt by tests/test_cli_docs.py.
     res = _invoke(['--help'])
     assert res.exit_code == 0 and '--cbase' in res.output
-    assert '--tick' not in res.output  # hidden test flag
+    assert '--tick, --kimg-per-tick KIMG' in res.output and 'exit with status 75' in res.output
+    assert '--resume=ffhq512 --cfg=paper512' in res.output
+    _, a = _build(tick=0.5)
+    assert a.kimg_per_tick == 0.5
+    _, a = _build()
+    assert 'kimg_per_tick' not in a  # the loop's default 4, not written (as upstream's options)
 
 
 def test_rerunning_the_command_continues_the_unfinished_run(data_zip, tmp_path):
     """Re-running a command finds the run with the same options and an unfinished state."""
     import train
-    from torch_utils import checkpoint
     outdir = str(tmp_path / 'runs')
     base = ['--outdir', outdir, '--data', data_zip, '--device=cpu', '--batch=4', '--kimg=1', '--metrics=none']
     res = _invoke(base + ['-n'])
     assert res.exit_code == 0 and 'Continuing' not in res.output
-    # What launch() leaves behind for a run that stopped at 400 images.
     opts = dict(outdir=outdir, data=data_zip, device='cpu', batch=4, kimg=1, metrics='none')
-    args, continuing = train.prepare(opts)
-    assert not continuing
-    os.makedirs(args.run_dir)
-    dnnlib.util.atomic_write_text(os.path.join(args.run_dir, 'training_options.json'), opt_lib.to_json(args))
-    checkpoint.save_state(args.run_dir, dict(cur_nimg=400, finished=False), 400)
+    args, plan = train.prepare(opts)
+    assert plan.kind == 'new'
+    _fake_run(outdir, os.path.basename(args.run_dir), args, finished=False)
     res = _invoke(base + ['-n'])
     assert res.exit_code == 0 and f'Continuing the unfinished run {args.run_dir}' in res.output
     assert '--new-run' in res.output
@@ -265,26 +306,168 @@ def test_rerunning_the_command_continues_the_unfinished_run(data_zip, tmp_path):
     assert 'Continuing' not in res.output
 
 
-def test_launch_writes_run_directory_and_continues(data_zip, tmp_path):
-    """train.prepare + train.launch at tiny width: options JSON, log.txt, and a continued second launch."""
+def test_a_run_dir_without_checkpoint_is_reused_and_damaged_states_refused(data_zip, tmp_path):
     import train
     from torch_utils import checkpoint
-    opts = dict(outdir=str(tmp_path), data=data_zip, device='cpu', cfg='paper256', fp32=True, batch=4, kimg=1,
+    opts = dict(outdir=str(tmp_path), data=data_zip, device='cpu', batch=4, kimg=1, metrics='none')
+    args, _ = train.prepare(opts)
+    run_dir = _fake_run(tmp_path, os.path.basename(args.run_dir), args)
+    args2, plan = train.prepare(opts)
+    assert (plan.kind, args2.run_dir) == ('reuse', run_dir)  # never reached a checkpoint: not orphaned
+    plan.lock.close()
+    path = checkpoint.save_state(run_dir, dict(x=1), 4000, meta=dict(finished=False))
+    with open(path, 'r+b') as f:
+        f.write(b'\0' * 64)
+    res = _invoke(['--outdir', str(tmp_path), '--data', data_zip, '--device=cpu', '--batch=4', '--kimg=1',
+                   '--metrics=none', '-n'])
+    assert res.exit_code == 2 and 'training-state files are all damaged' in res.output
+    assert len([line for line in res.output.splitlines() if line.startswith('Error')]) == 1
+
+
+def _tiny_launch_opts(outdir, data_zip, **extra):
+    opts = dict(outdir=str(outdir), data=data_zip, device='cpu', cfg='paper256', fp32=True, batch=4, kimg=1,
                 metrics='none', workers=0, aug='noaug', tick=0.004, snap=1000, checkpoint_ticks=1)
-    args, continuing = train.prepare(opts)
-    assert not continuing and os.path.basename(args.run_dir) == '00000-tiny-paper256-kimg1-batch4-noaug'
-    # Shrink the networks and the budget (the CLI has no flags for that), then launch as train.py does.
+    opts.update(extra)
+    return opts
+
+
+def _shrink(args):
+    """Tiny networks and budget (the CLI has no flags for that), as the options JSON will record them."""
     for kw in (args.G_kwargs.synthesis_kwargs, args.D_kwargs):
         kw.channel_base, kw.channel_max = 256, 16
     args.G_kwargs.z_dim = args.G_kwargs.w_dim = 32
     args.total_kimg = 0.008
-    train.launch(args, continuing=False)
+
+
+def test_launch_writes_run_directory_and_a_rerun_says_finished(data_zip, tmp_path, capsys):
+    """train.prepare + train.launch at tiny width: options JSON, log.txt, status.json; then one line."""
+    import train
+    from torch_utils import checkpoint
+    args, plan = train.prepare(_tiny_launch_opts(tmp_path, data_zip))
+    assert plan.kind == 'new' and os.path.basename(args.run_dir) == '00000-tiny-paper256-kimg1-batch4-noaug'
+    _shrink(args)
+    assert train.launch(args, plan) == 'finished'
     with open(os.path.join(args.run_dir, 'training_options.json')) as f:
         stored = json.load(f)
     assert stored['run_dir'] == args.run_dir and stored['kimg_per_tick'] == 0.004
     with open(os.path.join(args.run_dir, 'log.txt')) as f:
         log = f.read()
     assert log.startswith('Loading training set...') and 'tick 1 ' in log
-    assert checkpoint.read_progress(checkpoint.latest_state_path(args.run_dir)) == (8, True)
-    # A finished run is not continued: re-running starts a new one.
-    assert opt_lib.find_continuable_run(str(tmp_path), args, checkpoint.has_unfinished_state) is None
+    assert checkpoint.run_progress(args.run_dir) == dict(finished=True, cur_nimg=8, outputs=checkpoint.run_progress(
+        args.run_dir)['outputs'])
+    # The same command again: the stored (shrunk) options match, the run is finished: one line, exit 0.
+    args2, plan2 = train.prepare(dict(_tiny_launch_opts(tmp_path, data_zip)))
+    args2.update(json.loads(json.dumps(stored)))
+    plan2 = train._previous_run(str(tmp_path), args2, dry_run=False)
+    assert plan2.kind == 'finished'
+    line = train.finished_line(plan2.run_dir)
+    assert line.startswith(f'{args.run_dir}: finished at 0.008 kimg (no metrics') and '--new-run' in line
+
+
+def test_finished_run_prints_one_line_and_exits_0(data_zip, tmp_path):
+    import train
+    args, _ = train.prepare(dict(outdir=str(tmp_path), data=data_zip, device='cpu', batch=4, kimg=1))
+    run_dir = _fake_run(tmp_path, os.path.basename(args.run_dir), args, finished=True)
+    dnnlib.util.atomic_write_text(os.path.join(run_dir, 'status.json'), json.dumps(dict(
+        state='finished', cur_kimg=1.0, total_kimg=1.0, evaluated_kimg=[0.5, 1.0], metrics=['fid50k_full'],
+        snap_kimg=[0.5, 1.0])))
+    res = _invoke(['--outdir', str(tmp_path), '--data', data_zip, '--device=cpu', '--batch=4', '--kimg=1'])
+    assert res.exit_code == 0
+    assert res.output.strip().splitlines() == [
+        f'{run_dir}: finished at 1 kimg (fid50k_full at 0.5, 1); nothing to do. Pass --new-run to start another run.']
+    res = _invoke(['--resume', run_dir])
+    assert res.exit_code == 0 and res.output.strip().splitlines()[-1].startswith(f'{run_dir}: finished at 1 kimg')
+
+
+def test_outdir_that_is_a_file_is_one_line(data_zip, tmp_path):
+    import train
+    outdir = tmp_path / 'file'
+    outdir.write_text('not a directory')
+    args, plan = train.prepare(_tiny_launch_opts(outdir, data_zip))
+    with pytest.raises(Exception) as e:
+        train.launch(args, plan)
+    assert "cannot create a run directory there" in e.value.format_message()
+
+
+@pytest.fixture
+def tiny_mount(tmp_path):
+    """A 256 KiB tmpfs (root only); skipped where mounting is not permitted."""
+    import subprocess
+    mnt = tmp_path / 'mnt'
+    mnt.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(mnt)], capture_output=True).returncode:
+        pytest.skip('mounting a tmpfs is not permitted here')
+    try:
+        yield mnt
+    finally:
+        subprocess.run(['umount', '-l', str(mnt)], check=False)
+
+
+def test_read_only_outdir_is_one_line(data_zip, tiny_mount):
+    import subprocess
+    subprocess.run(['mount', '-o', 'remount,ro', str(tiny_mount)], check=True)
+    res = _invoke(['--outdir', str(tiny_mount / 'runs'), '--data', data_zip, '--device=cpu', '--metrics=none'])
+    assert res.exit_code == 2 and 'cannot create a run directory there: Read-only file system' in res.output
+    assert len([line for line in res.output.splitlines() if line.startswith('Error')]) == 1
+
+
+def test_full_disk_during_a_checkpoint_is_one_line(data_zip, tmp_path, tiny_mount):
+    """ENOSPC while writing: one line naming the file, no traceback, no temp files left."""
+    import click
+    import train
+    args, plan = train.prepare(_tiny_launch_opts(tiny_mount, data_zip))
+    _shrink(args)
+    with pytest.raises(click.ClickException) as e:
+        train._train_with_one_line_errors(train.launch, args, plan)
+    message = e.value.format_message()
+    assert 'No space left on device' in message and str(tiny_mount) in message and '\n' not in message
+    assert not [n for n in os.listdir(args.run_dir) if n.endswith('.tmp')]
+
+
+def test_sigterm_exits_75_through_the_cli(data_zip, tmp_path):
+    """train.py itself: SIGTERM during training -> checkpoint, status 'preempted', exit status 75."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    outdir = tmp_path / 'runs'
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data_zip}', '--device=cpu',
+           '--batch=4', '--kimg=1', '--cbase=256', '--cmax=16', '--map-depth=2', '--metrics=none', '--aug=noaug',
+           '--workers=0', '--snap=1000', '--kimg-per-tick=0.004']
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), env=dict(os.environ, OMP_NUM_THREADS='1'),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600  # hang guard only
+    while time.time() < deadline and not list(outdir.glob('*/training-state-*.pt')):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 75, out[-3000:]
+    (run_dir,) = outdir.iterdir()
+    assert json.load(open(run_dir / 'status.json'))['state'] == 'preempted'
+
+
+def test_two_concurrent_starts_of_one_command_train_in_different_run_dirs(data_zip, tmp_path):
+    """Two train.py processes started together with the same --outdir: both start training, each in its
+    own run directory (then SIGTERM stops both with a checkpoint, exit status 75)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    outdir = tmp_path / 'runs'
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data_zip}', '--device=cpu',
+           '--batch=4', '--kimg=1', '--cbase=256', '--cmax=16', '--map-depth=2', '--metrics=none', '--aug=noaug',
+           '--workers=0', '--snap=1000', '--tick=0.004']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    procs = [subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    deadline = time.time() + 600  # hang guard only
+    while time.time() < deadline and len(list(outdir.glob('*/training-state-*.pt'))) < 2:
+        assert all(p.poll() is None for p in procs), [p.stdout.read() for p in procs]
+        time.sleep(0.1)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [75, 75], [o[-2000:] for o in outs]
+    assert sorted(d.name[:5] for d in outdir.iterdir()) == ['00000', '00001']
+    assert not any('Traceback' in o for o in outs)

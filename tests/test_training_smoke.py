@@ -5,6 +5,7 @@ the lazy-regularisation phase pattern, lr schedules applied every step (with the
 kimg-point snapshots, and the run-directory contents.
 """
 
+import json
 import math
 import os
 import pickle
@@ -40,18 +41,19 @@ def smoke_run(data_zip, tmp_path_factory):
     sched = schedulers.parse_lr_schedule('exp:first=0.003,final=0.0005')
     record = dict(steps=[], grads=None)
 
-    def on_iteration(S):
-        record['steps'].append(dict(nimg=S.step_nimg, phases=list(S.last_phases), batch_idx=S.batch_idx,
-                                    lr_G=S.opts.G.opt.param_groups[0]['lr'], lr_D=S.opts.D.opt.param_groups[0]['lr']))
-        if S.last_phases == ['Gmain', 'Dmain'] and record['grads'] is None:
-            record['grads'] = dict(G=_grad_report(S.G), D=_grad_report(S.D))
+    def on_iteration(model, counters, step):
+        record['steps'].append(dict(nimg=step.nimg, phases=list(step.phases), batch_idx=counters.batch_idx,
+                                    lr_G=model.opts['G'].opt.param_groups[0]['lr'],
+                                    lr_D=model.opts['D'].opt.param_groups[0]['lr']))
+        if list(step.phases) == ['Gmain', 'Dmain'] and record['grads'] is None:
+            record['grads'] = dict(G=_grad_report(model.G), D=_grad_report(model.D))
 
     kw = tiny_loop_kwargs(data_zip, run_dir, total_kimg=0.048, kimg_per_tick=0.016, snap_kimg=[0.012, 0.03],
                           lr_schedule=sched, lr_schedule_target='both', iteration_fn=on_iteration,
                           image_snapshot_ticks=2, network_snapshot_ticks=2,
                           **ada_kwargs(ada_kimg=0.1))
-    S = training_loop.training_loop(**kw)
-    return dict(S=S, run_dir=run_dir, record=record, sched=sched)
+    result = training_loop.training_loop(**kw)
+    return dict(model=result.model, run_dir=run_dir, record=record, sched=sched)
 
 
 def test_losses_finite_and_stats_written(smoke_run):
@@ -60,7 +62,7 @@ def test_losses_finite_and_stats_written(smoke_run):
     for key in ('Loss/G/loss', 'Loss/D/loss', 'Loss/scores/real', 'Loss/scores/fake', 'Loss/signs/real'):
         assert key in rows[-1], key
         assert all(math.isfinite(r[key]['mean']) for r in rows if key in r and r[key]['num'] > 0), key
-    for key in ('Progress/lr_G', 'Progress/lr_D', 'Progress/kimg', 'Progress/augment', 'Timing/sec_per_kimg',
+    for key in ('Progress/lr_G', 'Progress/lr_D', 'Progress/opt_lr_G', 'Progress/opt_lr_D', 'Progress/kimg', 'Progress/augment', 'Timing/sec_per_kimg',
                 'Timing/data_wait_sec', 'Grads/G/nonfinite', 'Grads/D/nonfinite'):
         assert key in rows[-1], key
     # one loader wait per iteration of 4 images; no NaN/Inf gradients in a healthy run
@@ -69,7 +71,7 @@ def test_losses_finite_and_stats_written(smoke_run):
     assert all(r[k]['mean'] == 0 for r in rows for k in ('Grads/G/nonfinite', 'Grads/D/nonfinite') if r[k]['num'])
     # the last tick ends exactly at the budget: 48 images
     assert rows[-1]['Progress/kimg']['mean'] == pytest.approx(0.048)
-    for tensor in list(smoke_run['S'].G.parameters()) + list(smoke_run['S'].D.parameters()):
+    for tensor in list(smoke_run['model'].G.parameters()) + list(smoke_run['model'].D.parameters()):
         assert torch.isfinite(tensor).all()
 
 
@@ -86,7 +88,7 @@ def test_every_trainable_parameter_gets_a_gradient(smoke_run):
 
 
 def test_phase_pattern_follows_lazy_regularisation(smoke_run):
-    # Greg every 4 iterations, Dreg every 16 (fact sheet §2.2/§3.3).
+    # Greg every 4 iterations, Dreg every 16 (upstream's G_reg_interval / D_reg_interval).
     for step in smoke_run['record']['steps']:
         i = step['batch_idx'] - 1
         expected = ['Gmain'] + (['Greg'] if i % 4 == 0 else []) + ['Dmain'] + (['Dreg'] if i % 16 == 0 else [])
@@ -101,9 +103,14 @@ def test_lr_follows_schedule_with_lazy_reg_ratio(smoke_run):
         base = first * (final / first) ** (s['nimg'] / total)  # exp schedule, closed form
         assert s['lr_G'] == pytest.approx(base * 4 / 5, rel=1e-12)
         assert s['lr_D'] == pytest.approx(base * 16 / 17, rel=1e-12)
-    # The logged lr at each tick is the lr of the tick's last step.
+    # Each tick logs the schedule's value (the paper's curve) and, apart, the optimizer's scaled lr,
+    # both of the tick's last step.
     rows = read_jsonl(os.path.join(smoke_run['run_dir'], 'stats.jsonl'))
-    assert rows[-1]['Progress/lr_G']['mean'] == pytest.approx(steps[-1]['lr_G'], rel=1e-6)  # stats store float32 samples
+    last = first * (final / first) ** (steps[-1]['nimg'] / total)
+    assert rows[-1]['Progress/lr_G']['mean'] == pytest.approx(last, rel=1e-6)  # stats store float32 samples
+    assert rows[-1]['Progress/lr_D']['mean'] == pytest.approx(last, rel=1e-6)
+    assert rows[-1]['Progress/opt_lr_G']['mean'] == pytest.approx(steps[-1]['lr_G'], rel=1e-6)
+    assert rows[-1]['Progress/opt_lr_D']['mean'] == pytest.approx(steps[-1]['lr_D'], rel=1e-6)
 
 
 def test_kimg_point_snapshots(smoke_run):
@@ -127,8 +134,11 @@ def test_run_directory_contents(smoke_run):
     names = os.listdir(smoke_run['run_dir'])
     for expected in ('reals.png', 'fakes_init.png', 'stats.jsonl'):
         assert expected in names
-    states = [n for n in names if n.startswith('training-state-')]
-    assert states == ['training-state-000000.pt']  # only the newest is kept
+    states = sorted(n for n in names if n.startswith('training-state-'))
+    assert states == ['training-state-000000.028.pt', 'training-state-000000.048.pt']  # the newest two are kept
+    status = json.load(open(os.path.join(smoke_run['run_dir'], 'status.json')))
+    assert status == dict(state='finished', cur_kimg=0.048, total_kimg=0.048, evaluated_kimg=[0.012, 0.03],
+                          metrics=[], snap_kimg=[0.012, 0.03], cur_tick=status['cur_tick'])
 
 
 def test_tensorboard_events_mirror_stats_jsonl(smoke_run):
@@ -150,14 +160,15 @@ def test_ada_starts_from_the_initial_p(data_zip, tmp_path):
     """augment_p (train.py --ada-p-init) is the p of the first iterations under ADA."""
     from training import training_loop
     seen = []
-    kw = tiny_loop_kwargs(data_zip, None, total_kimg=0.008, augment_p=0.35, iteration_fn=lambda S: seen.append(
-        float(S.augment_pipe.p)), **ada_kwargs(ada_kimg=100))
+    kw = tiny_loop_kwargs(data_zip, str(tmp_path), total_kimg=0.008, augment_p=0.35,
+                          iteration_fn=lambda model, counters, step: seen.append(float(model.augment_pipe.p)),
+                          **ada_kwargs(ada_kimg=100))
     training_loop.training_loop(**kw)
     assert seen and seen[0] == pytest.approx(0.35)
 
 
 def test_sanitise_grads_counts_and_replaces():
-    from training.training_loop import sanitise_grads
+    from training.phases import sanitise_grads
     a = torch.nn.Parameter(torch.zeros(3))
     b = torch.nn.Parameter(torch.zeros(2, 2))
     a.grad = torch.tensor([1.0, float('nan'), float('inf')])
@@ -183,22 +194,22 @@ def test_nonfinite_gradients_are_counted_and_logged(data_zip, tmp_path, monkeypa
 
     monkeypatch.setattr(loss_lib.StyleGAN2Loss, 'accumulate_gradients', poisoned)
     run_dir = str(tmp_path / 'run')
-    S = training_loop.training_loop(**tiny_loop_kwargs(data_zip, run_dir, total_kimg=0.016, kimg_per_tick=0.008))
+    model = training_loop.training_loop(**tiny_loop_kwargs(data_zip, run_dir, total_kimg=0.016, kimg_per_tick=0.008)).model
     rows = read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
     totals = [round(r['Grads/G/nonfinite']['mean'] * r['Grads/G/nonfinite']['num']) for r in rows
               if r.get('Grads/G/nonfinite', {}).get('num')]
     assert sum(totals) == 5 and injected == [5]
     assert all(r['Grads/D/nonfinite']['mean'] == 0 for r in rows if r.get('Grads/D/nonfinite', {}).get('num'))
     assert 'Warning: 5 non-finite gradient values in G' in capsys.readouterr().out
-    assert all(torch.isfinite(p).all() for p in S.G.parameters())
+    assert all(torch.isfinite(p).all() for p in model.G.parameters())
 
 
 def test_ada_p_moves_by_closed_form_steps(smoke_run):
     # p changes in steps of batch * interval / (ada_kimg * 1000) = 4 * 4 / 100 = 0.16.
-    p = smoke_run['S'].ada_p
+    p = smoke_run['model'].ada.p
     assert p >= 0
-    assert (p / 0.16) == pytest.approx(round(p / 0.16), abs=1e-9)
-    assert float(smoke_run['S'].augment_pipe.p) == pytest.approx(p)
+    assert (p / 0.16) == pytest.approx(round(p / 0.16), abs=1e-6)  # p lives in a float32 buffer
+    assert smoke_run['model'].ada.p == float(smoke_run['model'].augment_pipe.p)
 
 
 def test_sampler_is_pure_function_of_position():
@@ -220,24 +231,29 @@ def test_sampler_is_pure_function_of_position():
 
 
 def test_metrics_run_on_each_network_snapshot(data_zip, tmp_path, monkeypatch):
-    """Wiring only (a real FID needs the detector): calc_metric is faked, report_metric is real."""
+    """Wiring only (a real FID needs the detector): calc_metric is faked, report_metric is real; the
+    loop gets the metrics as train.py's callback (training/ never imports metrics/)."""
     import dnnlib
+    import train
     from metrics import metric_main
     from training import training_loop
     calls = []
 
     def fake_calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, num_gen=None, **kw):
-        calls.append(dict(metric=metric, dataset_kwargs=dataset_kwargs, num_gen=num_gen, G_device=next(G.parameters()).device))
+        calls.append(dict(metric=metric, dataset_kwargs=dataset_kwargs, num_gen=num_gen, G_device=next(G.parameters()).device,
+                          progress=kw.get('progress')))
         return dnnlib.EasyDict(results=dnnlib.EasyDict({metric: 1.5}), metric=metric, total_time=0.0,
                                total_time_str='0s', num_gpus=num_gpus, detector=None, num_gen=num_gen)
 
     monkeypatch.setattr(metric_main, 'calc_metric', fake_calc_metric)
     metric_data = dict(class_name='training.dataset.ImageFolderDataset', path=data_zip, use_labels=False)
     run_dir = str(tmp_path)
+    metric_fn = train.make_metric_fn(['fid50k_full'], metric_data, num_gen=7, num_gpus=1, rank=0, run_dir=run_dir)
     training_loop.training_loop(**tiny_loop_kwargs(data_zip, run_dir, total_kimg=0.008, metrics=['fid50k_full'],
-                                                   metric_num_gen=7, metric_dataset_kwargs=metric_data))
+                                                   metric_fn=metric_fn))
     assert [c['num_gen'] for c in calls] == [7, 7]  # tick 0 and the final tick
     assert all(c['dataset_kwargs'] == metric_data and c['G_device'].type == 'cpu' for c in calls)
+    assert all(c['progress'] is True for c in calls)  # tqdm bars on rank 0 during long evaluations
     lines = read_jsonl(os.path.join(run_dir, 'metric-fid50k_full.jsonl'))
     assert [(r['snapshot_pkl'], r['kimg']) for r in lines] == [('network-snapshot-000000.pkl', 0.004),
                                                                ('network-snapshot-000000.pkl', 0.008)]
@@ -251,8 +267,19 @@ def test_cuda_mixed_precision_smoke(data_zip, tmp_path):
     for key in ('G_kwargs', 'D_kwargs'):
         target = kw[key]['synthesis_kwargs'] if key == 'G_kwargs' else kw[key]
         target.update(num_fp16_res=2, conv_clamp=256)
-    S = training_loop.training_loop(**kw)
+    model = training_loop.training_loop(**kw).model
     rows = read_jsonl(os.path.join(str(tmp_path), 'stats.jsonl'))
     assert math.isfinite(rows[-1]['Loss/G/loss']['mean']) and 'Timing/Gmain' in rows[-1]
     assert rows[-1]['Resources/peak_gpu_mem_gb']['mean'] > 0
-    assert all(torch.isfinite(p).all() for p in S.G_ema.parameters())
+    assert all(torch.isfinite(p).all() for p in model.G_ema.parameters())
+
+
+def test_long_ticks_print_progress_lines(data_zip, tmp_path, monkeypatch, capsys):
+    """Within a tick, a progress line appears once PROGRESS_LINE_SEC has passed (0 here: every step)."""
+    from training import ticks, training_loop
+    monkeypatch.setattr(ticks, 'PROGRESS_LINE_SEC', 0)
+    training_loop.training_loop(**tiny_loop_kwargs(data_zip, str(tmp_path), total_kimg=0.016, kimg_per_tick=0.008))
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'in progress' in line]
+    # 4 steps: tick 0 ends after step 1, tick 1 after step 3 (8 images), tick 2 after step 4; step 2 is mid-tick.
+    assert [line.split(',')[0] for line in lines] == ['  ... tick 1 in progress: kimg 0.008']
+    assert lines[0].endswith('into the tick')

@@ -108,3 +108,38 @@ def ada_kwargs(augpipe='bgc', **extra):
 
 
 EasyDict = dnnlib.EasyDict
+
+
+# ----------------------------------------------------------------------------
+# A tiny training process for tests that send real signals:
+#   python tests/training_helpers.py RUN_DIR DATA_ZIP '{"total_kimg": 0.2, ...}'
+# trains through training_loop.run_training (log.txt, checkpoints, status.json) with a stand-in
+# metric that appends one line per evaluation to metric-fake.jsonl, and exits as train.py does:
+# 0 finished, 75 preempted.
+
+
+def _fake_metric_fn(run_dir):
+    def evaluate(G, snapshot_pkl, cur_nimg, device):
+        line = json.dumps(dict(results=dict(fake=1.0), metric='fake', snapshot_pkl=os.path.basename(snapshot_pkl),
+                               kimg=cur_nimg / 1e3)) + '\n'
+        with open(os.path.join(run_dir, 'metric-fake.jsonl'), 'at', encoding='utf-8') as f:
+            f.write(line)
+        return dict(fake=1.0)
+    return evaluate
+
+
+def _main(argv):
+    from training import preempt, training_loop
+    run_dir, data, overrides = argv[0], argv[1], json.loads(argv[2]) if len(argv) > 2 else {}
+    os.makedirs(run_dir, exist_ok=True)
+    kw = tiny_loop_kwargs(data, run_dir, **overrides)
+    if overrides.pop('ada', False):
+        kw.update(ada_kwargs(ada_kimg=0.02))
+    kw.pop('ada', None)
+    state = training_loop.run_training(0, kw, metric_fn=_fake_metric_fn(run_dir) if kw.get('metrics') else None)
+    return preempt.EXIT_PREEMPTED if state == 'preempted' else 0
+
+
+if __name__ == '__main__':
+    import sys
+    sys.exit(_main(sys.argv[1:]))

@@ -4,7 +4,7 @@ Backends: NCCL for CUDA devices, gloo for CPU (so `--device cpu --gpus 2` runs t
 which is how the multi-process path is tested without GPUs).
 
 Gradients are averaged with an explicit all-reduce of one flattened buffer per phase
-(`all_reduce_grads`) rather than DDP wrappers: the loss takes double-backward through D (R1) and
+(`all_reduce_mean_`, see training/phases.py) rather than DDP wrappers: the loss takes double-backward through D (R1) and
 through the synthesis network (path length), runs sub-networks with and without gradients in the
 same phase, and accumulates over several rounds; an explicit reduce after the last round needs no
 `find_unused_parameters`, no sync contexts, and costs one collective per phase step.
@@ -12,6 +12,7 @@ same phase, and accumulates over several rounds; an explicit reduce after the la
 
 import os
 import re
+import signal
 import tempfile
 
 import torch
@@ -98,27 +99,45 @@ def _spawn_entry(rank, fn, world, device_type, init_file, args):
             torch.distributed.destroy_process_group()
 
 
-def launch(fn, args, num_procs, device_type):
+def launch(fn, args, num_procs, device_type, forward_signals=()):
     """Run `fn(rank, *args)` on `num_procs` ranks.
 
-    One process: called in-process. Several: `torch.multiprocessing.spawn` with a file rendezvous in
-    a fresh temporary directory. Under torchrun, call `join_torchrun` instead.
+    One process: called in-process (its return value is returned). Several:
+    `torch.multiprocessing.start_processes` with a file rendezvous in a fresh temporary directory;
+    the signals in `forward_signals` (e.g. SIGTERM, SIGUSR1) that reach this parent are passed on
+    to every rank, so a scheduler that signals only the parent still stops all ranks cleanly.
+    Under torchrun, call `join_torchrun` instead.
 
     Args:
         fn: a module-level function (it is pickled by reference for spawn).
         args: tuple of picklable arguments.
         num_procs: number of ranks.
         device_type: 'cpu' or 'cuda'.
+        forward_signals: signal numbers to pass on to the ranks.
     """
     if num_procs == 1:
-        fn(0, *args)
-        return
+        return fn(0, *args)
     if device_type == 'cuda' and torch.cuda.device_count() < num_procs:
         raise ValueError(f'{num_procs} processes requested but only {torch.cuda.device_count()} GPU(s) are visible')
     with tempfile.TemporaryDirectory() as temp_dir:
         init_file = os.path.join(temp_dir, '.torch_distributed_init')
-        torch.multiprocessing.spawn(fn=_spawn_entry, args=(fn, num_procs, device_type, init_file, args),
-                                    nprocs=num_procs, join=True)
+        context = torch.multiprocessing.start_processes(
+            fn=_spawn_entry, args=(fn, num_procs, device_type, init_file, args), nprocs=num_procs, join=False,
+            start_method='spawn')
+
+        def forward(signum, _frame):
+            for process in context.processes:
+                if process.is_alive():
+                    os.kill(process.pid, signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in forward_signals}
+        try:
+            while not context.join():
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return None
 
 
 def join_torchrun(device_type):
@@ -163,27 +182,22 @@ def broadcast_module(module, src=0):
             torch.distributed.broadcast(tensor.data, src=src)
 
 
-def all_reduce_grads(params):
-    """Average the gradients of `params` over ranks with one collective.
-
-    Params without a gradient on this rank count as zeros, so ranks that skipped a parameter still
-    take part in the same collective.
-
-    Args:
-        params: list of parameters (same order on every rank).
-    """
+def all_reduce_mean_(tensor):
+    """Average `tensor` over ranks in place with one collective (no-op for one process)."""
     world = world_size()
-    if world == 1 or not params:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.flatten() for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+    if world > 1:
+        torch.distributed.all_reduce(tensor)
+        tensor /= world
+    return tensor
+
+
+def any_rank(flag, device):
+    """True on every rank when `flag` is true on any rank (one tiny collective; plain bool for one process)."""
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def assert_consistent(module, name, ignore_regex=None):
@@ -193,7 +207,7 @@ def assert_consistent(module, name, ignore_regex=None):
         module: the module to check.
         name: label for the error message.
         ignore_regex: names matching it (re.fullmatch) are skipped, e.g. r'.*\\.w_avg' (each rank
-            tracks its own W average, fact sheet §3.7).
+            tracks its own W average from its own latents, as upstream).
     """
     if world_size() == 1 or module is None:
         return

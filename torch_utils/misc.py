@@ -5,7 +5,6 @@ copying by name, DDP helpers, and a one-table module summary. Only public torch 
 """
 
 import contextlib
-import re
 import warnings
 
 import numpy as np
@@ -180,45 +179,6 @@ def _dtype_problem(src, dst_dtype):
 
 
 # ----------------------------------------------------------------------------
-# Distributed helpers.
-
-
-@contextlib.contextmanager
-def ddp_sync(module, sync):
-    """Skip DDP's gradient all-reduce inside the block when `sync` is False (gradient accumulation).
-
-    A module that is not DistributedDataParallel is left alone.
-    """
-    assert isinstance(module, torch.nn.Module)
-    if sync or not isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        yield
-    else:
-        with module.no_sync():
-            yield
-
-
-def check_ddp_consistency(module, ignore_regex=None):
-    """Assert every parameter/buffer equals rank 0's copy (NaNs compared as equal).
-
-    Args:
-        module: The module to check (call on every rank).
-        ignore_regex: Names matching this regex are skipped (e.g. r'.*\\.w_avg').
-    """
-    assert isinstance(module, torch.nn.Module)
-    for name, tensor in named_params_and_buffers(module):
-        fullname = type(module).__name__ + '.' + name
-        if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
-            continue
-        tensor = tensor.detach()
-        if tensor.is_floating_point():
-            tensor = torch.nan_to_num(tensor)
-        other = tensor.clone()
-        torch.distributed.broadcast(tensor=other, src=0)
-        if not (tensor == other).all():
-            raise AssertionError(f'{fullname} differs between ranks')
-
-
-# ----------------------------------------------------------------------------
 # Module summary.
 
 
@@ -243,8 +203,15 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
     assert isinstance(module, torch.nn.Module)
     assert not isinstance(module, torch.jit.ScriptModule)
     assert isinstance(inputs, (tuple, list))
+    outputs, entries = _forward_with_hooks(module, inputs, max_nesting)
+    print(_format_table(_summary_rows(module, entries, skip_redundant)))
+    print()
+    return outputs
 
-    entries = []   # (submodule, [output tensors]) in the order their forward passes finished
+
+def _forward_with_hooks(module, inputs, max_nesting):
+    """(outputs, [(submodule, [output tensors])]) in the order the submodules' forward passes finished."""
+    entries = []
     depth = [0]
 
     def pre_hook(_mod, _inputs):
@@ -263,7 +230,10 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
     finally:
         for hook in hooks:
             hook.remove()
+    return outputs, entries
 
+
+def _summary_rows(module, entries, skip_redundant):
     # Count every tensor once, at the first (innermost) entry that owns it.
     seen = set()
     names = {mod: name for name, mod in module.named_modules()}
@@ -288,10 +258,7 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
                 rows.append([label, num_params or '-', num_buffers or '-', shape, dtype])
             else:
                 rows.append([label + f':{idx}', '', '', shape, dtype])
-    rows += [['---'] * 5, ['Total', total_params, total_buffers, '', '']]
-    print(_format_table(rows))
-    print()
-    return outputs
+    return rows + [['---'] * 5, ['Total', total_params, total_buffers, '', '']]
 
 
 # ----------------------------------------------------------------------------

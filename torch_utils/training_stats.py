@@ -4,7 +4,7 @@
 accumulator that lives on the tensor's own device, so calling it inside the training step costs a
 few tiny kernels and never waits for the GPU. A `Collector` later gathers those moments, sums them
 across ranks with a single `all_reduce`, and turns them into num/mean/std over the interval since
-its previous `update()` (fact sheet 3.5: stats are pooled over every rank's samples; std is the
+its previous `update()` (as upstream, stats are pooled over every rank's samples; std is the
 population std computed from the raw moments).
 
 Multi-rank rule: every rank must have reported the same set of names before a collector update,

@@ -2,7 +2,6 @@
 
 Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN" (StyleGAN2): section
 3.2 (path-length regularisation), appendix B (lazy regularisation); Mescheder et al. 2018 (R1).
-Fact sheet section 6 describes the exact behaviour reproduced here.
 
 One difference from upstream: the path-length EMA `pl_mean` is part of `state_dict()`, so a
 continued run restarts with the same regulariser target instead of from 0.
@@ -12,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_utils import misc
 from torch_utils import training_stats
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
@@ -21,13 +19,13 @@ PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
 class Loss:
     """Interface of a training loss driven by the training loop."""
 
-    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, sync, gain):
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain):
         """Run one phase on one batch chunk and accumulate parameter gradients (`.backward()`)."""
         raise NotImplementedError()
 
 
 def draw_mixing_cutoff(num_ws, style_mixing_prob, device):
-    """Draw the style-mixing cutoff for one batch (fact sheet 6, 12.12: one draw per batch).
+    """Draw the style-mixing cutoff for one batch (one draw per batch, as upstream).
 
     With probability `style_mixing_prob` the cutoff is uniform in {1, ..., num_ws - 1}; otherwise it
     is num_ws (no mixing). Stays on `device` so no host sync is needed.
@@ -113,48 +111,42 @@ class StyleGAN2Loss(Loss):
 
     # -----------------------------------------------------------------------------------------
 
-    def run_G(self, z, c, sync):
+    def run_G(self, z, c):
         """Generate images, with style mixing decided once for the whole batch.
 
         Args:
             z: [N, z_dim] latents.
             c: [N, c_dim] labels.
-            sync: whether DDP may all-reduce gradients of G in this pass.
 
         Returns:
             (img [N, C, H, W], ws [N, num_ws, w_dim]).
         """
-        with misc.ddp_sync(self.G_mapping, sync):
-            ws = self.G_mapping(z, c)  # also updates w_avg (G in train mode)
-            if self.style_mixing_prob > 0:
-                cutoff = draw_mixing_cutoff(ws.shape[1], self.style_mixing_prob, ws.device)
-                # The second latent must not pull the W average (fact sheet 12.12).
-                ws_other = self.G_mapping(torch.randn_like(z), c, skip_w_avg_update=True)
-                ws = mix_styles(ws, ws_other, cutoff)
-        with misc.ddp_sync(self.G_synthesis, sync):
-            img = self.G_synthesis(ws)
+        ws = self.G_mapping(z, c)  # also updates w_avg (G in train mode)
+        if self.style_mixing_prob > 0:
+            cutoff = draw_mixing_cutoff(ws.shape[1], self.style_mixing_prob, ws.device)
+            # The second latent must not pull the W average (upstream skips its update too).
+            ws_other = self.G_mapping(torch.randn_like(z), c, skip_w_avg_update=True)
+            ws = mix_styles(ws, ws_other, cutoff)
+        img = self.G_synthesis(ws)
         return img, ws
 
-    def run_D(self, img, c, sync):
+    def run_D(self, img, c):
         """Augment (when a pipe is set) and score images.
 
         Args:
             img: [N, C, H, W] images in [-1, 1].
             c: [N, c_dim] labels.
-            sync: whether DDP may all-reduce gradients of D in this pass.
 
         Returns:
             logits [N, 1].
         """
         if self.augment_pipe is not None:
             img = self.augment_pipe(img)
-        with misc.ddp_sync(self.D, sync):
-            logits = self.D(img, c)
-        return logits
+        return self.D(img, c)
 
     # -----------------------------------------------------------------------------------------
 
-    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, sync, gain):
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain):
         """Compute the phase's loss on one batch chunk and backpropagate it, scaled by `gain`.
 
         Args:
@@ -163,7 +155,6 @@ class StyleGAN2Loss(Loss):
             real_c: [N, c_dim] real labels.
             gen_z: [N, z_dim] latents.
             gen_c: [N, c_dim] labels for the generated images.
-            sync: True on the last chunk of the phase (DDP all-reduces gradients then).
             gain: loss multiplier, the phase interval for lazy regularisation.
         """
         assert phase in PHASES, f'unknown phase {phase!r}'
@@ -173,29 +164,29 @@ class StyleGAN2Loss(Loss):
         do_Dr1 = phase in ('Dreg', 'Dboth') and self.r1_gamma != 0
 
         if do_Gmain:
-            self._accumulate_Gmain(gen_z, gen_c, sync=(sync and not do_Gpl), gain=gain)
+            self._accumulate_Gmain(gen_z, gen_c, gain=gain)
         if do_Gpl:
-            self._accumulate_Gpl(gen_z, gen_c, sync=sync, gain=gain)
+            self._accumulate_Gpl(gen_z, gen_c, gain=gain)
         loss_Dgen = None
         if do_Dmain:
             loss_Dgen = self._accumulate_Dgen(gen_z, gen_c, gain=gain)
         if do_Dmain or do_Dr1:
-            self._accumulate_Dreal(real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, sync=sync, gain=gain)
+            self._accumulate_Dreal(real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, gain=gain)
 
-    def _accumulate_Gmain(self, gen_z, gen_c, sync, gain):
+    def _accumulate_Gmain(self, gen_z, gen_c, gain):
         """Non-saturating generator loss softplus(-D(G(z)))."""
-        gen_img, _ws = self.run_G(gen_z, gen_c, sync=sync)
-        gen_logits = self.run_D(gen_img, gen_c, sync=False)
+        gen_img, _ws = self.run_G(gen_z, gen_c)
+        gen_logits = self.run_D(gen_img, gen_c)
         training_stats.report('Loss/scores/fake', gen_logits)
         training_stats.report('Loss/signs/fake', gen_logits.sign())
         loss_Gmain = F.softplus(-gen_logits)
         training_stats.report('Loss/G/loss', loss_Gmain)
         loss_Gmain.mean().mul(gain).backward()
 
-    def _accumulate_Gpl(self, gen_z, gen_c, sync, gain):
+    def _accumulate_Gpl(self, gen_z, gen_c, gain):
         """Path-length regularisation (StyleGAN2 eq. 4) on batch // pl_batch_shrink samples."""
         batch_size = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
-        gen_img, gen_ws = self.run_G(gen_z[:batch_size], gen_c[:batch_size], sync=sync)
+        gen_img, gen_ws = self.run_G(gen_z[:batch_size], gen_c[:batch_size])
         # Random image-space direction y, scaled so E|J^T y| does not depend on the resolution.
         pl_noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
         # Only the gradient w.r.t. ws is requested, so autograd skips weight gradients here.
@@ -208,25 +199,26 @@ class StyleGAN2Loss(Loss):
         training_stats.report('Loss/pl_penalty', pl_penalty)
         loss_Gpl = pl_penalty * self.pl_weight
         training_stats.report('Loss/G/reg', loss_Gpl)
-        # `img * 0` keeps the synthesis output in the graph so DDP sees every parameter used.
+        # `img * 0` keeps the synthesis output in the graph: every parameter gets a gradient, so the
+        # ranks all-reduce the same set of tensors.
         (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean().mul(gain).backward()
 
     def _accumulate_Dgen(self, gen_z, gen_c, gain):
         """Discriminator loss on fakes, softplus(D(G(z))); G receives no gradient."""
         with torch.no_grad():
-            gen_img, _ws = self.run_G(gen_z, gen_c, sync=False)
-        gen_logits = self.run_D(gen_img, gen_c, sync=False)  # D syncs on the real pass only
+            gen_img, _ws = self.run_G(gen_z, gen_c)
+        gen_logits = self.run_D(gen_img, gen_c)
         training_stats.report('Loss/scores/fake', gen_logits)
         training_stats.report('Loss/signs/fake', gen_logits.sign())
         loss_Dgen = F.softplus(gen_logits)
         loss_Dgen.mean().mul(gain).backward()
         return loss_Dgen.detach()
 
-    def _accumulate_Dreal(self, real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, sync, gain):
+    def _accumulate_Dreal(self, real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, gain):
         """Discriminator loss on reals softplus(-D(x)) and/or R1 (Mescheder et al. 2018, eq. 9)."""
-        # R1 is taken w.r.t. the un-augmented reals, through the augmentation (fact sheet 12.14).
+        # R1 is taken w.r.t. the un-augmented reals, through the augmentation (as upstream).
         real_img_tmp = real_img.detach().requires_grad_(do_Dr1)
-        real_logits = self.run_D(real_img_tmp, real_c, sync=sync)
+        real_logits = self.run_D(real_img_tmp, real_c)
         # Reported in Dreg too: ADA's r_t is the mean of these signs.
         training_stats.report('Loss/scores/real', real_logits)
         training_stats.report('Loss/signs/real', real_logits.sign())
@@ -245,5 +237,5 @@ class StyleGAN2Loss(Loss):
             training_stats.report('Loss/r1_penalty', r1_penalty)
             training_stats.report('Loss/D/reg', loss_Dr1)
 
-        # `logits * 0` keeps D's output in the graph for DDP even when only R1 is active.
+        # `logits * 0` keeps D's output in the graph (every parameter gets a gradient) when only R1 is active.
         (real_logits * 0 + loss_Dreal + loss_Dr1).mean().mul(gain).backward()

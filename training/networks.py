@@ -2,12 +2,12 @@
 of StyleGAN", with the ADA paper's configuration options).
 
 Constructor arguments, attribute names, and parameter/buffer names, shapes and registration order
-follow stylegan2-ada-pytorch exactly (fact sheet 4), so NVIDIA's pickles load by name
+follow stylegan2-ada-pytorch exactly, so NVIDIA's pickles load by name
 (patches/network_pickle.py) and `training_options.json` files stay interchangeable.
 
 Conventions:
 - Equalised learning rate: weights are stored N(0, 1) (FC: / lr_multiplier) and scaled at run time
-  (fact sheet 4.3).
+  by 1 / sqrt(fan_in) (FC: lr_multiplier / sqrt(fan_in)).
 - fp16: a block computes in float16 only when it is configured for it (`num_fp16_res`) AND its input
   lives on a CUDA device. On CPU every block runs in float32: half-precision convolutions on CPU are
   either unsupported or far slower than float32 depending on the PyTorch build, and the point of fp16
@@ -200,7 +200,7 @@ class Conv2dLayer(torch.nn.Module):
         misc.assert_shape(x, [None, self.weight.shape[1], None, None])
         w = self.weight * self.weight_gain
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        # up=2 layers are true convolutions (fact sheet 12.6), everything else is correlation.
+        # up=2 layers are true convolutions (flipped kernel, as upstream), everything else is correlation.
         x = conv2d_resample.conv2d_resample(x=x, w=w.to(x.dtype), f=self.resample_filter, up=self.up,
                                             down=self.down, padding=self.padding, flip_weight=(self.up == 1))
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
@@ -333,7 +333,7 @@ class SynthesisLayer(torch.nn.Module):
 
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        # No weight gain: demodulation normalises the weight's scale (fact sheet 12.7).
+        # No weight gain: demodulation normalises the weight's scale (as upstream: the modulated weight is divided by its norm).
         self.weight = torch.nn.Parameter(
             torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format))
         if use_noise:
@@ -509,7 +509,7 @@ class SynthesisNetwork(torch.nn.Module):
         fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
 
         # num_ws: every conv takes one w; each torgb shares its w with the next block's conv0, so only
-        # the last torgb adds one (fact sheet 4.2): num_ws = 2 * log2(R) - 2.
+        # the last torgb adds one: num_ws = 2 * log2(R) - 2.
         self.num_ws = 0
         for res in self.block_resolutions:
             in_channels = channels[res // 2] if res > 4 else 0
@@ -620,7 +620,7 @@ class DiscriminatorBlock(torch.nn.Module):
         self.num_layers = 0
 
         def trainable():
-            # Freeze-D (fact sheet 12.20): layers are numbered across D from the highest resolution,
+            # Freeze-D (Mo et al. 2020): layers are numbered across D from the highest resolution,
             # fromrgb and skip included; a frozen layer keeps its tensors as buffers.
             layer_idx = self.first_layer_idx + self.num_layers
             self.num_layers += 1
@@ -679,7 +679,7 @@ class DiscriminatorBlock(torch.nn.Module):
 class MinibatchStdLayer(torch.nn.Module):
     """Append the per-group standard deviation of the features as extra channels (Karras et al. 2018).
 
-    Groups are strided: sample k belongs to group k mod (N / G) (fact sheet 12.10).
+    Groups are strided: sample k belongs to group k mod (N / G) (as upstream's reshape to [G, N/G, ...]).
     """
 
     def __init__(self, group_size, num_channels=1):

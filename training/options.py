@@ -1,27 +1,24 @@
-"""Command-line values -> training_loop kwargs: cfg presets, validation, run naming.
+"""Command-line values -> training_loop kwargs: cfg presets, validation, the run name.
 
 This is the whole translation behind `train.py`, importable and testable without click. The loop
-never sees flag names; this module never touches the file system except to read the dataset (and
-list run directories for naming / continuing).
+never sees flag names; this module touches the file system only to read the dataset.
 
 Every user error raises `OptionError(flag, message)`; train.py turns it into a one-line click error
 that names the flag.
 
-Fact sheet references: §1.1 (flags), §2.1 (cfg table and `auto` derivation), §2.2 (lazy
-regularisation: the loop scales lr and betas, the JSON keeps them unscaled), §2.4, §2.5 (key order of
-training_options.json), §2.6 (run directory name).
+As upstream: the cfg table and the `auto` rules, the key order of training_options.json, and the
+run-directory name. The JSON keeps the optimizers' lr and betas unscaled; the loop applies the
+lazy-regularisation ratio. Run directories themselves are training/run_dir.py.
 """
 
-import json
 import math
 import os
-import re
 
 import dnnlib
 import schedulers
 
 # ----------------------------------------------------------------------------
-# Presets (fact sheet §2.1). ref_gpus=None means "the --gpus value" (auto).
+# Presets, as upstream's cfg_specs. ref_gpus=None means "the --gpus value" (auto).
 
 CFG_SPECS = {
     #            ref_gpus  kimg     mb    mbstd  fmaps  lrate    gamma  ema   ramp   map
@@ -48,7 +45,7 @@ DEFAULTS = dict(
     glr=None, dlr=None, batch_gpu=None, map_depth=None, cbase=None, cmax=None, snap_kimg=None, metric_data=None,
     metric_num_gen=None, lr_schedule=None, lr_schedule_target='both', ada_p_max=None, ada_p_init=None,
     ema_kimg=None, device='auto',
-    checkpoint_ticks=None, tick=None, new_run=False,
+    checkpoint_ticks=None, tick=4, new_run=False,
 )
 
 
@@ -209,7 +206,7 @@ def _dataset(o, args, info, desc_parts):
 
 
 def _cfg_values(o, res):
-    """The cfg row with `auto` filled in for this resolution and GPU count (fact sheet §2.1)."""
+    """The cfg row with `auto` filled in for this resolution and GPU count (upstream's rules)."""
     spec = dnnlib.EasyDict(CFG_SPECS[o.cfg])
     if o.cfg == 'auto':
         spec.ref_gpus = o.gpus
@@ -245,7 +242,7 @@ def _networks(o, args, spec, desc_parts):
 
     args.total_kimg = spec.kimg
     args.batch_size = spec.mb
-    # Presets keep mb // ref_gpus samples per GPU pass and accumulate on fewer GPUs (fact sheet §12.1).
+    # Presets keep mb // ref_gpus samples per GPU pass and accumulate on fewer GPUs (as upstream).
     # With more GPUs than the preset's ref_gpus, upstream's split silently breaks; we cap it instead.
     args.batch_gpu = min(spec.mb // spec.ref_gpus, spec.mb // o.gpus) if spec.mb >= o.gpus else 1
     args.ema_kimg = spec.ema
@@ -292,7 +289,7 @@ def _overrides(o, args, desc_parts):
 
 
 def _check_batch(o, args):
-    """Batch / GPUs / per-GPU batch / minibatch-std group must fit together (user-pain §19)."""
+    """Batch / GPUs / per-GPU batch / minibatch-std group must fit together (else the run fails deep inside D)."""
     b, bg, n = args.batch_size, args.batch_gpu, args.num_gpus
     flag = '--batch-gpu' if o.batch_gpu is not None else '--batch'
     _require(b % n == 0, '--batch', f'{b} is not divisible by --gpus {n}')
@@ -334,6 +331,11 @@ def _augment(o, args, desc_parts):
         desc_parts.append(f'-target{o.target:g}')
         args.ada_target = o.target
 
+    _ada_bounds(o, aug, args)
+    _augpipe(o, aug, args, desc_parts)
+
+
+def _ada_bounds(o, aug, args):
     if o.ada_p_max is not None:
         _require(aug == 'ada', '--ada-p-max', 'can only be given with --aug=ada')
         _require(o.ada_p_max > 0, '--ada-p-max', f'must be > 0, got {o.ada_p_max}')
@@ -346,6 +348,8 @@ def _augment(o, args, desc_parts):
                  f'{o.ada_p_init} is above --ada-p-max {o.ada_p_max}')
         args.augment_p = o.ada_p_init
 
+
+def _augpipe(o, aug, args, desc_parts):
     _require(o.augpipe is None or aug != 'noaug', '--augpipe', 'cannot be given with --aug=noaug')
     augpipe = o.augpipe if o.augpipe is not None else 'bgc'
     _require(augpipe in AUGPIPE_CHOICES, '--augpipe', f'must be one of {", ".join(AUGPIPE_CHOICES)}')
@@ -376,7 +380,7 @@ def _resume(o, args, desc_parts, resume_info):
 
 
 def _apply_source_architecture(o, args, info, resume_info):
-    """Build G and D like the transfer source (user-pain §12), unless flags say otherwise."""
+    """Build G and D like the transfer source (a mismatched cfg would not load its weights), unless flags say otherwise."""
     if resume_info is None or resume_info.get('G_init_kwargs') is None:
         return
     src_res = resume_info.get('img_resolution')
@@ -447,6 +451,11 @@ def _extras(o, args, info):
         _require(o.ema_kimg > 0, '--ema-kimg', f'must be > 0, got {o.ema_kimg}')
         args.ema_kimg = o.ema_kimg
 
+    _snapshots_and_metrics(o, args, info)
+
+
+def _snapshots_and_metrics(o, args, info):
+    """kimg points, metric data and size, device, checkpoint and tick intervals."""
     # kimg snapshot points: each must be reached before training stops.
     points = parse_kimg_list(o.snap_kimg)
     if points:
@@ -474,8 +483,8 @@ def _extras(o, args, info):
         _require(o.checkpoint_ticks >= 1, '--checkpoint-ticks', f'must be >= 1, got {o.checkpoint_ticks}')
         args.checkpoint_ticks = o.checkpoint_ticks
 
-    if o.tick is not None:
-        _require(o.tick > 0, '--tick', f'must be > 0, got {o.tick}')
+    _require(o.tick > 0, '--tick', f'must be > 0, got {o.tick}')
+    if o.tick != DEFAULTS['tick']:  # the loop's default; upstream's options JSON has no such key
         args.kimg_per_tick = o.tick
 
 
@@ -519,96 +528,3 @@ def build_training_options(opts, dataset_info=None, resume_info=None, valid_metr
     _performance(o, args, desc_parts)
     _extras(o, args, info)
     return ''.join(desc_parts), args
-
-
-# ----------------------------------------------------------------------------
-# Run directories: naming, and finding a run to continue.
-
-OPTIONS_FILE = 'training_options.json'
-
-
-def next_run_dir(outdir, desc):
-    """`<outdir>/<id:05d>-<desc>` with id one past the largest numeric prefix in outdir (§2.6).
-
-    Args:
-        outdir: parent directory (need not exist).
-        desc: description from build_training_options.
-
-    Returns:
-        str path (not created).
-    """
-    ids = []
-    if os.path.isdir(outdir):
-        for name in os.listdir(outdir):
-            m = re.match(r'^\d+', name)
-            if m and os.path.isdir(os.path.join(outdir, name)):
-                ids.append(int(m.group()))
-    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
-
-
-def to_json(args):
-    """Canonical JSON text of the options (indent 2, insertion order), as stored in the run dir."""
-    return json.dumps(args, indent=2)
-
-
-def normalise(args):
-    """Options as plain JSON data without run_dir (for comparing a new command with a stored run)."""
-    data = json.loads(json.dumps(args))
-    data.pop('run_dir', None)
-    return data
-
-
-def read_run_options(run_dir):
-    """The stored options of a run directory, or None if it has no readable training_options.json."""
-    path = os.path.join(run_dir, OPTIONS_FILE)
-    try:
-        with open(path, encoding='utf-8') as f:
-            return _easydicts(json.load(f))
-    except (OSError, ValueError):
-        return None
-
-
-def _easydicts(obj):
-    """JSON data with every dict turned into an EasyDict (the loop reads kwargs as attributes)."""
-    if isinstance(obj, dict):
-        return dnnlib.EasyDict({k: _easydicts(v) for k, v in obj.items()})
-    if isinstance(obj, list):
-        return [_easydicts(v) for v in obj]
-    return obj
-
-
-# Option keys newer versions add; a stored run without them is compared without them.
-_ADDED_LATER = ('resume_pkl_sha256',)
-
-
-def find_continuable_run(outdir, args, has_unfinished_state):
-    """Most recent run in `outdir` with the same options and an unfinished training state.
-
-    Args:
-        outdir: parent directory.
-        args: options of the new command (run_dir ignored).
-        has_unfinished_state: callable(run_dir) -> bool (torch_utils.checkpoint.has_unfinished_state).
-
-    Returns:
-        str run dir or None.
-    """
-    if not os.path.isdir(outdir):
-        return None
-    wanted = normalise(args)
-    candidates = []
-    for name in os.listdir(outdir):
-        m = re.match(r'^(\d+)-', name)
-        path = os.path.join(outdir, name)
-        if m and os.path.isdir(path):
-            candidates.append((int(m.group(1)), path))
-    for _, path in sorted(candidates, reverse=True):
-        stored = read_run_options(path)
-        if stored is None or not has_unfinished_state(path):
-            continue
-        stored = normalise(stored)
-        # Runs set up before the source's sha256 was recorded still continue with the same command.
-        same = {k: v for k, v in wanted.items() if k in stored or k not in _ADDED_LATER}
-        if stored == same:
-            return path
-    return None
-
