@@ -1,6 +1,6 @@
 """patches.network_pickle: loading upstream-format pickles without executing code, refusing malicious ones.
 
-The "upstream" pickles here are built by hand from the documented format (fact sheet 8.1/8.2): meta dicts
+The "upstream" pickles here are built by hand from upstream's documented persistence format: meta dicts
 with module_src text, class_name and a state holding OrderedDicts of tensors, EasyDict init kwargs,
 numpy float64 scalars; storages go through torch's own storage pickling.
 """
@@ -134,7 +134,7 @@ def test_upstream_format_pickle_loads_and_matches(tmp_path, protocol, c_dim):
 
 
 def test_numpy1_global_names_are_accepted(tmp_path):
-    """Pickles written under NumPy 1 name numpy.core.multiarray.scalar (fact sheet 8.2)."""
+    """Pickles written under NumPy 1 name numpy.core.multiarray.scalar (NumPy 2 renamed it numpy._core)."""
     G, D = _tiny_nets()
     raw = _upstream_pickle_bytes(dict(G=G, D=D, G_ema=G), protocol=3)
     assert b'numpy._core.multiarray\nscalar\n' in raw

@@ -1,6 +1,6 @@
 """training.networks and torch_utils.{misc,persistence}: upstream names/shapes/counts, layer math, forward/backward.
 
-Expected parameter lists are generated here from the documented rules (fact sheet 4.2, 4.4), not by
+Expected parameter lists are generated here from upstream's documented naming and shape rules, not by
 reading the implementation; the counts are the verified upstream totals.
 """
 
@@ -62,7 +62,7 @@ def _channels(res, base=32768, cmax=512):
 
 
 def _expected_G_listing(img_res=512, w_dim=512, img_channels=3, num_layers=8):
-    """(params, buffers) as [(name, shape)] for a skip-architecture G, from fact sheet 4.2/4.4 rules."""
+    """(params, buffers) as [(name, shape)] for a skip-architecture G, from upstream's naming rules."""
     params, buffers = [], []
     for res in [2 ** i for i in range(2, int(np.log2(img_res)) + 1)]:
         out_ch = _channels(res)
@@ -88,7 +88,7 @@ def _expected_G_listing(img_res=512, w_dim=512, img_channels=3, num_layers=8):
 
 
 def _expected_D_listing(img_res=512):
-    """(params, buffers) for a resnet D, from fact sheet 4.2/4.4 rules."""
+    """(params, buffers) for a resnet D, from upstream's naming rules."""
     params, buffers = [], []
     for res in [2 ** i for i in range(int(np.log2(img_res)), 2, -1)]:
         tmp, out = _channels(res), _channels(res // 2)
@@ -125,7 +125,7 @@ def test_paper512_names_shapes_order_and_totals():
     assert _listing(D) == _expected_D_listing()
     assert _numel(G) == 30_276_583 and len(list(G.parameters())) == 124 and len(list(G.buffers())) == 39
     assert _numel(D) == 28_982_849 and len(list(D.parameters())) == 43 and len(list(D.buffers())) == 30
-    # Every stored tensor is float32, fp16 or not (fact sheet 4.4).
+    # Every stored tensor is float32, fp16 or not (fp16 layers cast at run time).
     assert all(t.dtype == torch.float32 for _, t in misc.named_params_and_buffers(G) + misc.named_params_and_buffers(D))
     # fp16 on the top 4 resolutions: 64..512.
     assert [r for r in G.synthesis.block_resolutions if getattr(G.synthesis, f'b{r}').use_fp16] == [64, 128, 256, 512]
@@ -186,7 +186,7 @@ def test_architecture_variants_names():
 
 
 def test_freeze_layers_become_buffers():
-    # Layer counter starts at the highest resolution and includes fromrgb and skip (fact sheet 12.20):
+    # Layer counter starts at the highest resolution and includes fromrgb and skip, as upstream counts them:
     # b32: fromrgb 0, conv0 1, conv1 2, skip 3; b16: conv0 4, ...
     D = _tiny_D(block_kwargs=dict(freeze_layers=5))
     frozen = ['b32.fromrgb', 'b32.conv0', 'b32.conv1', 'b32.skip', 'b16.conv0']
@@ -385,7 +385,7 @@ def test_fully_connected_and_conv_equalised_lr():
     ref = F.conv2d(x, conv.weight / np.sqrt(27), conv.bias, padding=1)
     ref = (F.leaky_relu(ref, 0.2) * np.sqrt(2)).clamp(-0.5, 0.5)
     assert torch.allclose(conv(x), ref, atol=1e-12)
-    # gain scales both the output and the clamp (fact sheet 12.9).
+    # gain scales both the output and the clamp.
     ref2 = (F.leaky_relu(F.conv2d(x, conv.weight / np.sqrt(27), conv.bias, padding=1), 0.2)
             * np.sqrt(2) * 0.25).clamp(-0.125, 0.125)
     assert torch.allclose(conv(x, gain=0.25), ref2, atol=1e-12)

@@ -8,7 +8,7 @@ from torch_utils.ops import bias_act as B
 
 SELU_L, SELU_A = 1.0507009873554805, 1.6732632423543772
 
-# Written from the formulas in the fact sheet (5.2), not from the module under test.
+# Written from the activations' closed forms and default gains, not from the module under test.
 NAIVE = {
     'linear':   lambda x, a: x,
     'relu':     lambda x, a: np.maximum(x, 0),

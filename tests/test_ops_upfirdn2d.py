@@ -15,7 +15,7 @@ FILTER_4 = [1, 3, 3, 1]
 
 
 def naive_upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
-    """float64 numpy upfirdn2d by the definition (fact sheet 5.1)."""
+    """float64 numpy upfirdn2d by the definition: upsample by zero insertion, pad, FIR-filter, keep every down-th pixel."""
     x = np.asarray(x, dtype=np.float64)
     f = np.asarray(f, dtype=np.float64)
     if f.ndim == 1:  # separable: each pass has gain**0.5 -> overall f (x) f * gain

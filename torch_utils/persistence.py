@@ -5,7 +5,7 @@
 1. records deep copies of the positional and keyword constructor arguments (`obj.init_args`,
    `obj.init_kwargs`), so a network can be rebuilt from its pickle without running any code from it;
 2. registers the class by name in `registry` (class_name -> class);
-3. pickles instances in stylegan2-ada-pytorch's persistent-object format (fact sheet 8.1): the
+3. pickles instances in stylegan2-ada-pytorch's persistent-object format: the
    reduce value is `(torch_utils.persistence._reconstruct_persistent_obj, (meta,), None)` with
    `meta = dict(type='class', version=6, module_src=<source of the defining module>,
    class_name=<name>, state=<the object's __dict__>)`, so upstream tools can read our snapshots.
