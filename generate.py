@@ -250,8 +250,11 @@ def save_png(img, path):
 # Command line.
 
 
-class _SeedList(click.ParamType):
-    name = 'seeds'
+class SeedList(click.ParamType):
+    """A click type for integer lists and ranges such as 0-7 or 1,3-5 (seeds, or style_mixing's --styles)."""
+
+    def __init__(self, name='seeds'):
+        self.name = name  # the metavar --help shows
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
@@ -264,7 +267,7 @@ class _SeedList(click.ParamType):
 
 @click.command()
 @click.option('--network', 'network_pkl', required=True, help='Network pickle: path, URL or resume name (e.g. ffhq512).')
-@click.option('--seeds', type=_SeedList(), help='Seeds, e.g. 0-7, 1,5,9 or 1,3-5 (required unless --projected-w).')
+@click.option('--seeds', type=SeedList(), help='Seeds, e.g. 0-7, 1,5,9 or 1,3-5 (required unless --projected-w).')
 @click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi.')
 @click.option('--class', 'class_idx', type=click.IntRange(min=0), help='Class label (conditional networks only).')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,

@@ -318,18 +318,13 @@ def make_outdir(outdir):
         raise click.ClickException(f'--outdir: cannot create {outdir} ({e.strerror or e})')
 
 
-def _setup(network_pkl, target_fname, device):
-    """(G, target PIL image, VGG16) or a one-line click error naming the flag."""
+def load_unconditional(network_pkl, device, task):
+    """(G_ema, torch device) of an unconditional network, or a one-line click error naming the flag."""
     from generate import resolve_device
-    from metrics import vgg16
     try:
         dev = resolve_device(device)
     except ValueError as e:
         raise click.ClickException(f'--device: {e}')
-    try:
-        target = read_image(target_fname)
-    except ValueError as e:
-        raise click.ClickException(f'--target: {e}')
     print(f'Loading network from "{network_pkl}"...')
     try:
         G = load_generator(network_pkl, dev)
@@ -337,7 +332,18 @@ def _setup(network_pkl, target_fname, device):
         raise click.ClickException(f'--network: {e}')
     if G.c_dim != 0:
         raise click.ClickException(f'--network: {network_pkl} is conditional (c_dim={G.c_dim}); '
-                                   f'projection supports unconditional networks only')
+                                   f'{task} supports unconditional networks only')
+    return G, dev
+
+
+def _setup(network_pkl, target_fname, device):
+    """(G, target PIL image, VGG16) or a one-line click error naming the flag."""
+    from metrics import vgg16
+    try:
+        target = read_image(target_fname)
+    except ValueError as e:
+        raise click.ClickException(f'--target: {e}')
+    G, dev = load_unconditional(network_pkl, device, 'projection')
     try:
         vgg = vgg16.load_vgg16(dev)
     except vgg16.detector.DetectorUnavailable as e:

@@ -20,8 +20,8 @@ import click
 import numpy as np
 import PIL.Image
 
-from generate import parse_seeds, resolve_device
-from projector import load_generator, make_outdir, save_png
+from generate import SeedList
+from projector import load_unconditional, make_outdir, save_png
 
 # torch is imported inside the functions that use it: `--help` and argument errors answer at once.
 
@@ -101,32 +101,9 @@ def make_grid(images, row_seeds, col_seeds):
 # Command line.
 
 
-class _Range(click.ParamType):
-    name = 'range'
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        try:
-            return parse_seeds(value)
-        except ValueError as err:
-            self.fail(str(err), param, ctx)
-
-
 def _load(network_pkl, device, styles, truncation_psi):
     """(G, torch device) with one-line errors naming the flag."""
-    try:
-        dev = resolve_device(device)
-    except ValueError as e:
-        raise click.ClickException(f'--device: {e}')
-    print(f'Loading network from "{network_pkl}"...')
-    try:
-        G = load_generator(network_pkl, dev)
-    except ValueError as e:
-        raise click.ClickException(f'--network: {e}')
-    if G.c_dim != 0:
-        raise click.ClickException(f'--network: {network_pkl} is conditional (c_dim={G.c_dim}); '
-                                   f'style mixing supports unconditional networks only')
+    G, dev = load_unconditional(network_pkl, device, 'style mixing')
     try:
         check_styles(styles, G.num_ws)
     except ValueError as e:
@@ -138,9 +115,9 @@ def _load(network_pkl, device, styles, truncation_psi):
 
 @click.command()
 @click.option('--network', 'network_pkl', required=True, help='Network pickle: path, URL or resume name (e.g. ffhq512).')
-@click.option('--rows', 'row_seeds', type=_Range(), required=True, help='Row seeds, e.g. 85,100,75 or 1-3.')
-@click.option('--cols', 'col_seeds', type=_Range(), required=True, help='Column seeds, e.g. 55,821 or 10-12.')
-@click.option('--styles', 'col_styles', type=_Range(), default='0-6', show_default=True,
+@click.option('--rows', 'row_seeds', type=SeedList('range'), required=True, help='Row seeds, e.g. 85,100,75 or 1-3.')
+@click.option('--cols', 'col_seeds', type=SeedList('range'), required=True, help='Column seeds, e.g. 55,821 or 10-12.')
+@click.option('--styles', 'col_styles', type=SeedList('range'), default='0-6', show_default=True,
               help='W layers taken from the column seed.')
 @click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi (all layers).')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,
