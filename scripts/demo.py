@@ -44,7 +44,6 @@ NET = ['--cfg=auto', '--batch=32', '--cbase=512', '--cmax=32', '--map-depth=2', 
        '--device=cpu', '--seed=0']
 SEEDS = '0-23'
 GRID_COLS = 6
-CONFIDENT = 0.8         # a digit classifier this sure of its answer counts the image as a legible digit
 
 # ----------------------------------------------------------------------------
 # Stand-in source images.
@@ -231,19 +230,30 @@ def fid_points(run_dir, metric='fid50k_full'):
     return points
 
 
-def legible(images):
-    """How many images a digit classifier, trained on sklearn's own digits, reads with confidence.
-
-    Each image is turned back into the classifier's input: 8x8 grey levels, stretched to its own range
-    (strokes are brighter than the background in every colour scheme of the demo). An image counts when
-    the classifier gives one digit a probability of at least CONFIDENT.
-    """
-    from sklearn.linear_model import LogisticRegression
-    digits, labels = _digits()
-    clf = LogisticRegression(max_iter=2000).fit(digits.reshape(len(digits), -1), labels)
+def _digit_features(images):
+    """Images as the 8x8 grey levels of sklearn's digits, each stretched to [0, 1] (strokes are brighter
+    than the background in every colour scheme of the demo)."""
     small = [np.asarray(Image.fromarray(img).convert('L').resize((8, 8), Image.BOX), np.float32) for img in images]
-    x = np.stack([(s - s.min()) / max(s.max() - s.min(), 1e-6) for s in small]).reshape(len(small), -1)
-    return int((clf.predict_proba(x).max(axis=1) >= CONFIDENT).sum())
+    return np.stack([(s - s.min()) / max(s.max() - s.min(), 1e-6) for s in small]).reshape(len(small), -1)
+
+
+def legible(images, k=5):
+    """Which images read as a digit, judged against sklearn's own digits; returns (count, digits seen).
+
+    An image counts when its k nearest real digits are about as near as real digits are to each other
+    (within the 95th percentile of that distance) and at least k-1 of them are the same digit. A
+    classifier's confidence would not do: it is sure of itself on blobs, too.
+    """
+    from sklearn.neighbors import NearestNeighbors
+    digits, labels = _digits()
+    x = digits.reshape(len(digits), -1)
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(x)
+    limit = np.percentile(nn.kneighbors(x)[0][:, 1:].mean(axis=1), 95)  # column 0 is the digit itself
+    dist, idx = nn.kneighbors(_digit_features(images), n_neighbors=k)
+    votes = [np.bincount(labels[row], minlength=10) for row in idx]
+    ok = [d <= limit and v.max() >= k - 1 for d, v in zip(dist.mean(axis=1), votes)]
+    return int(sum(ok)), sorted({int(v.argmax()) for v, good in zip(votes, ok) if good})
+
 
 # ----------------------------------------------------------------------------
 # The final picture.
@@ -308,13 +318,13 @@ def summarise(out, data, pre_dir, run_dir, grids):
     picture = os.path.join(out, 'demo.png')
     compose_picture(panels, dict(kimg=kimg, lr=lr, label=label, fid=fid), picture)
     scores = {name: legible(images) for name, images in [('reals', reals)] + list(tiles.items())}
-    say('a digit classifier (trained on sklearn\'s digits) reads these as digits with '
-        f'>= {CONFIDENT:.0%} confidence: ' + ', '.join(f'{name} {n}/{count}' for name, n in scores.items()))
-    if scores['transferred'] >= 0.5 * scores['reals']:
+    say(f'legible digits (near sklearn\'s own, unambiguous) out of {count}: ' +
+        ', '.join(f'{name} {n} (digits {"".join(map(str, seen)) or "none"})' for name, (n, seen) in scores.items()))
+    if scores['transferred'][0] >= 0.5 * scores['reals'][0]:
         say('the transferred network draws legible digits in the mix\'s colours: training learned something.')
     else:
         say('honest note: within this budget the generated digits are NOT reliably legible yet; '
-            'more kimg would help (edit PRETRAIN_KIMG and KIMG in scripts/demo.py).')
+            'more kimg would help (PRETRAIN_KIMG and KIMG in scripts/demo.py).')
     return picture
 
 
