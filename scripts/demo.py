@@ -5,10 +5,10 @@
 The study transfers a pretrained network onto small face sets, some with 20% generated images, with a
 learning-rate schedule. The demo does the same with scikit-learn's bundled 8x8 handwritten digits,
 upscaled, and prints every command before it runs it:
-  1. stand-in images: grey "source domain" digits (the FFHQ of the demo), a "CelebAMask-HQ" folder of
-     warm-coloured digits and a folder of cool-coloured "generated" digits;
+  1. stand-in images: "source domain" digits in every colour (the FFHQ of the demo), a "CelebAMask-HQ"
+     folder of warm-coloured digits and a folder of cool-coloured "generated" digits;
   2. dataset_tool.py: the source-domain set, and (celebamask) one real subset and its 20% mix;
-  3. train.py from scratch on the grey digits: the network to transfer from;
+  3. train.py from scratch on the source domain: the network to transfer from;
   4. train.py --resume=<that network> on the mix with --lr-schedule=ddclr, snapshots at two kimg
      points and a small-sample FID against the real subset there (and, as upstream, at the start);
   5. scripts.report: the study's tables from the run's metric file;
@@ -31,7 +31,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESOLUTION = 16
-NUM_SOURCE = 1437       # grey digits to pretrain on (sklearn has 1797 digits; the rest feed the study sets)
+NUM_SOURCE = 1437       # digits to pretrain on (sklearn has 1797 digits; the rest feed the study sets)
 NUM_REAL_POOL = 300     # stand-in CelebAMask-HQ images (the real tool expects 30,000)
 NUM_GENERATED_POOL = 60
 SUBSET_SIZE = 100       # the study uses 1000
@@ -39,7 +39,7 @@ NUM_GENERATED = 20      # 20% of the subset, as in the study (200 of 1000)
 PRETRAIN_KIMG = 30
 KIMG = 8                # the study trains 100 kimg and evaluates at 40/60/80/100
 SNAP_KIMG = (4, 8)
-METRIC_NUM_GEN = 50     # the study uses 50,000 (fid50k_full)
+METRIC_NUM_GEN = 40     # the study uses 50,000 (fid50k_full)
 NET = ['--cfg=auto', '--batch=32', '--cbase=512', '--cmax=32', '--map-depth=2', '--workers=0',
        '--device=cpu', '--seed=0']
 SEEDS = '0-23'
@@ -87,14 +87,16 @@ def make_sources(root):
     rng = np.random.default_rng(0)
     real, fake = digits[:NUM_REAL_POOL], digits[NUM_REAL_POOL:NUM_REAL_POOL + NUM_GENERATED_POOL]
     pretrain = digits[NUM_REAL_POOL + NUM_GENERATED_POOL:][:NUM_SOURCE]
-    # Source domain: plain grey strokes on black (what FFHQ is to the study).
-    _write_images(source, pretrain, 'digit{:04d}.png', 64, ([200], [255]), ([0], [20]), 2, rng)
+    # Source domain: strokes of any colour on dark backgrounds, broad as FFHQ is (the target is a part
+    # of it, as CelebA-HQ is of FFHQ; a pretrained D that never saw the target's colours would call every
+    # real image fake and wreck G in the first kimg of the transfer).
+    _write_images(source, pretrain, 'digit{:04d}.png', 64, ([60] * 3, [255] * 3), ([0] * 3, [90] * 3), 2, rng)
     # "Real" images: warm strokes on dark blue, JPEG named <index>.jpg like CelebA-HQ.
     _write_images(os.path.join(celeba, 'CelebA-HQ-img'), real, '{}.jpg', 64,
                   ([220, 130, 40], [255, 190, 90]), ([10, 10, 40], [50, 40, 90]), 4, rng)
     # "Generated" images: another look (cool strokes on grey, smoother), PNG, another size.
     _write_images(generated, fake, 'sd_{:04d}.png', 80, ([60, 150, 200], [120, 220, 255]),
-                  ([90, 90, 90], [130, 130, 130]), 1, rng)
+                  ([70, 70, 70], [110, 110, 110]), 1, rng)
     return source, celeba, generated
 
 # ----------------------------------------------------------------------------
@@ -138,7 +140,7 @@ def build_datasets(out, log):
     py, data = sys.executable, os.path.join(out, 'datasets')
     source, celeba, generated = make_sources(os.path.join(out, 'sources'))
     if not os.path.isfile(os.path.join(data, 'source-digits.zip')):
-        say('the source domain: grey digits, the demo\'s stand-in for FFHQ')
+        say('the source domain: digits of every colour, the demo\'s stand-in for FFHQ')
         run([py, 'dataset_tool.py', f'--source={source}', f'--dest={data}/source-digits.zip',
              f'--resolution={RESOLUTION}'], log)
     if not os.path.isfile(os.path.join(data, 'Mix-dataset1.zip')):
@@ -154,7 +156,7 @@ def train(out, data, log):
     """Steps 3-4: pretrain on the source domain, then transfer to the mix; returns both run dirs."""
     py = sys.executable
     pre_runs = os.path.join(out, 'pretrain')
-    say(f'pretraining from scratch on the grey digits for {PRETRAIN_KIMG} kimg (no metrics)')
+    say(f'pretraining from scratch on the source domain for {PRETRAIN_KIMG} kimg (no metrics)')
     run([py, 'train.py', f'--outdir={pre_runs}', f'--data={data}/source-digits.zip', f'--kimg={PRETRAIN_KIMG}',
          '--metrics=none', '--aug=noaug', '--tick=2', f'--snap={PRETRAIN_KIMG}'] + NET, log)
     pre_dir = newest_run_dir(pre_runs)
@@ -313,7 +315,7 @@ def summarise(out, data, pre_dir, run_dir, grids):
     fid = fid_points(run_dir)
     panels = [('reals: Mix-dataset1\n(80% "real", 20% "generated")', tile(reals, GRID_COLS)),
               ('untrained network\n(after its first step)', tile(tiles['untrained'], GRID_COLS)),
-              (f'before the transfer: pretrained\n{PRETRAIN_KIMG} kimg on grey digits', tile(tiles['pretrained'], GRID_COLS)),
+              (f'before the transfer: pretrained\n{PRETRAIN_KIMG} kimg, digits of every colour', tile(tiles['pretrained'], GRID_COLS)),
               (f'after the transfer:\n{KIMG} kimg on the mix, DDCLR', tile(tiles['transferred'], GRID_COLS))]
     picture = os.path.join(out, 'demo.png')
     compose_picture(panels, dict(kimg=kimg, lr=lr, label=label, fid=fid), picture)
