@@ -82,6 +82,12 @@ def test_legible_tells_digits_from_noise_and_blobs():
     assert demo.legible(blobs)[0] <= 8
 
 
+def test_verdict_is_honest():
+    assert 'learned something' in demo.verdict(20, 24, 24)
+    assert demo.verdict(4, 24, 24).startswith('partly learned: 4 of 24')
+    assert 'NOT legible' in demo.verdict(0, 24, 24)
+
+
 def _fake_run(tmp_path):
     run = tmp_path / '00000-run'
     run.mkdir()
