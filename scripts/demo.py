@@ -212,14 +212,13 @@ def tile(images, cols):
 
 
 def lr_curve_of(run_dir):
-    """(kimg, lr, spec) of the schedule recorded in the run's training_options.json."""
-    import schedulers
+    """(kimg, lr, label) of the schedule recorded in the run's training_options.json."""
     from schedulers import plot
     with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
         options = json.load(f)
     schedule = options['lr_schedule']
     kimg, lr = plot.lr_curve(schedule, options['total_kimg'], points=400)
-    return kimg, lr, schedulers.to_spec(schedule)
+    return kimg, lr, plot.label(schedule)
 
 
 def fid_points(run_dir, metric='fid50k_full'):
