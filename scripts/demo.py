@@ -1,4 +1,4 @@
-"""The built-in example: the study's pipeline in miniature, on the CPU, in about five minutes.
+"""The built-in example: the study's pipeline in miniature, on the CPU, in five to six minutes.
 
     python -m scripts.demo [OUTDIR]        (./demo.sh runs this inside the project's virtual environment)
 
