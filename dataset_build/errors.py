@@ -1,7 +1,8 @@
 """The two error kinds of the dataset builder, and one-line messages for failed writes."""
 
 import contextlib
-import errno
+
+from dnnlib import util
 
 
 class DatasetToolError(Exception):
@@ -12,22 +13,9 @@ class BadImage(Exception):
     """One input image cannot be used; the message is the reason recorded in the report."""
 
 
-_WRITE_REASONS = {
-    errno.ENOSPC: 'no space left on the device (free some space or choose another place)',
-    errno.EDQUOT: 'disk quota exceeded',
-    errno.EROFS: 'the file system is read-only',
-    errno.EACCES: 'permission denied',
-    errno.EPERM: 'permission denied',
-    errno.ENOTDIR: 'a part of the path is a file, not a folder',
-    errno.EEXIST: 'a part of the path is a file, not a folder',
-    errno.EISDIR: 'it is a folder',
-}
-
-
 def write_error(exc, flag, dest):
     """DatasetToolError for an OSError met while writing `dest`: one line naming the flag and path."""
-    reason = _WRITE_REASONS.get(exc.errno, exc.strerror or str(exc))
-    return DatasetToolError(f'{flag}: cannot write {dest}: {reason}')
+    return DatasetToolError(f'{flag}: cannot write {dest}: {util.os_error_reason(exc)}')
 
 
 @contextlib.contextmanager

@@ -138,9 +138,15 @@ _ERRNO_HINTS = {
     errno.EROFS: 'read-only file system',
     errno.EACCES: 'permission denied',
     errno.EPERM: 'permission denied',
-    errno.ENOTDIR: 'a file is in the way where a directory is needed',
-    errno.EEXIST: 'a file is in the way where a directory is needed',
+    errno.ENOTDIR: 'a file is in the way: a part of the path is a file, not a folder',
+    errno.EEXIST: 'a file is in the way: a part of the path is a file, not a folder',
+    errno.EISDIR: 'it is a folder',
 }
+
+
+def os_error_reason(err: OSError) -> str:
+    """The cause of a failed write in a few words (a hint for the common errnos, else the OS's text)."""
+    return _ERRNO_HINTS.get(err.errno) or err.strerror or str(err) or type(err).__name__
 
 
 def os_error_line(err: OSError, what=None) -> str:
@@ -150,7 +156,7 @@ def os_error_line(err: OSError, what=None) -> str:
         err: the OSError (its filename, when set, is the path that failed).
         what: optional label in front, e.g. a flag name such as '--outdir'.
     """
-    reason = _ERRNO_HINTS.get(err.errno) or err.strerror or str(err) or type(err).__name__
+    reason = os_error_reason(err)
     parts = [what] if what else []
     if err.filename is not None:
         parts.append(os.fspath(err.filename))
