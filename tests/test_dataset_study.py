@@ -11,25 +11,11 @@ import zipfile
 import numpy as np
 import PIL.Image
 import pytest
-from click.testing import CliRunner
 
-import dataset_tool
+from tests.dataset_tool_helpers import run as _run, noise as _noise, save as _save
 from dataset_build import pools, selection, study
 
 K, N, M, R = 2, 4, 1, 32
-
-
-def _run(*args):
-    return CliRunner().invoke(dataset_tool.main, [str(a) for a in args], catch_exceptions=False)
-
-
-def _noise(shape, seed):
-    return np.random.RandomState(seed).randint(0, 256, size=shape, dtype=np.uint8)
-
-
-def _save(path, img, **kwargs):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    (img if isinstance(img, PIL.Image.Image) else PIL.Image.fromarray(img)).save(path, **kwargs)
 
 
 def _jpeg_bytes(arr, **kwargs):

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
+from tests.dataset_tool_helpers import run as _run
 from dataset_build import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,10 +132,6 @@ def test_ctrl_c_during_verify(tmp_path):
 
 # ----------------------------------------------------------------------------
 # Destinations that cannot be written: one line, non-zero exit, nothing left behind.
-
-
-def _run(*args):
-    return CliRunner().invoke(dataset_tool.main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
