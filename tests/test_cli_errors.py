@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 import calc_metrics
 import generate
+from cli_helpers import one_error_line as _one_error_line
 import pickle_corpus
 from metrics import detector
 from patches import network_pickle
@@ -93,15 +94,6 @@ def _read_only(mnt):
 def _run(command, args):
     result = CliRunner().invoke(command, args, catch_exceptions=False)
     return result.exit_code, result.output
-
-
-def _one_error_line(output, *needles):
-    lines = [line for line in output.splitlines() if line.startswith('Error:')]
-    assert len(lines) == 1, output
-    assert 'Traceback' not in output, output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _no_temp_files(folder):

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import generate
 import projector
 from vgg16_standin import install_standin
+from cli_helpers import failed_with_one_error_line as _one_line_error
 
 STEPS = 40
 
@@ -65,13 +66,6 @@ def _digests(folder):
 def _pixels(path):
     return np.asarray(PIL.Image.open(path), dtype=np.float64)
 
-
-def _one_line_error(result, *words):
-    assert result.exit_code != 0, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith('Error')]
-    assert len(errors) == 1, result.output
-    for word in words:
-        assert word in errors[0], result.output
 
 # ----------------------------------------------------------------------------
 # Pure pieces.

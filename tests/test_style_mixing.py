@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import style_mixing
+from cli_helpers import failed_with_one_error_line as _one_line_error
 
 
 def _tiny_G(img_channels=3, c_dim=0):
@@ -50,13 +51,6 @@ def _img(path):
 def _digests(folder):
     return {n: hashlib.sha256(open(os.path.join(folder, n), 'rb').read()).hexdigest() for n in sorted(os.listdir(folder))}
 
-
-def _one_line_error(result, *words):
-    assert result.exit_code != 0, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith('Error')]
-    assert len(errors) == 1, result.output
-    for word in words:
-        assert word in errors[0], result.output
 
 
 def test_files_grid_size_and_layout(tiny, tmp_path):
