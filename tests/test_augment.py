@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from training import augment
-from training.augment import AugmentPipe, ada_adjust, augpipe_specs
+from training.augment import AugmentPipe, augpipe_specs
 
 ALL_TRANSFORMS = ['xflip', 'rotate90', 'xint', 'scale', 'rotate', 'aniso', 'xfrac', 'brightness', 'contrast',
                   'lumaflip', 'hue', 'saturation', 'imgfilter', 'noise', 'cutout']
@@ -336,23 +336,7 @@ def test_gradcheck_and_gradgradcheck_in_float64():
     assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-5)
 
 # ---------------------------------------------------------------------------------------------
-# ADA controller and persistence.
-
-
-def test_ada_adjust_closed_form():
-    step = 64 * 4 / (500 * 1000)  # 0.000512: batch 64 x interval 4 over ada_kimg 500
-    assert ada_adjust(0.1, 0.8, 0.6, 64, 4, 500) == pytest.approx(0.1 + step)
-    assert ada_adjust(0.1, 0.2, 0.6, 64, 4, 500) == pytest.approx(0.1 - step)
-    assert ada_adjust(0.0, 0.2, 0.6, 64, 4, 500) == 0.0                     # floored at 0
-    assert ada_adjust(0.3, 0.6, 0.6, 64, 4, 500) == 0.3                     # sign(0) = 0
-    assert ada_adjust(1.5, 0.9, 0.6, 64, 4, 500) == pytest.approx(1.5 + step)  # no cap by default
-    assert ada_adjust(0.9999, 0.9, 0.6, 64, 4, 500, p_max=1.0) == 1.0
-    assert ada_adjust(0.2, float('nan'), 0.6, 64, 4, 500) == 0.2
-    # p travels 1.0 in ada_kimg thousand images.
-    p = 0.0
-    for _ in range(1000):  # 1000 adjustments of 64 * 4 images = 256 kimg
-        p = ada_adjust(p, 1.0, 0.6, 64, 4, 256)
-    assert p == pytest.approx(1.0, abs=1e-9)
+# Persistence.
 
 
 def test_augment_pipe_is_persistent():

@@ -17,7 +17,7 @@ class _Pipe(torch.nn.Module):
 
 
 def test_adjusted_p_closed_form():
-    step = 64 * 4 / (500 * 1000)
+    step = 64 * 4 / (500 * 1000)  # 0.000512: batch 64 x interval 4 over ada_kimg 500
     assert ada_lib.adjusted_p(0.1, 0.8, 0.6, 64, 4, 500) == pytest.approx(0.1 + step)
     assert ada_lib.adjusted_p(0.1, 0.2, 0.6, 64, 4, 500) == pytest.approx(0.1 - step)
     assert ada_lib.adjusted_p(0.0, 0.2, 0.6, 64, 4, 500) == 0.0                 # floored at 0
@@ -25,6 +25,11 @@ def test_adjusted_p_closed_form():
     assert ada_lib.adjusted_p(1.5, 0.9, 0.6, 64, 4, 500) == pytest.approx(1.5 + step)  # no cap by default
     assert ada_lib.adjusted_p(0.9999, 0.9, 0.6, 64, 4, 500, p_max=1.0) == 1.0
     assert ada_lib.adjusted_p(0.2, float('nan'), 0.6, 64, 4, 500) == 0.2
+    # p travels 1.0 in ada_kimg thousand images.
+    p = 0.0
+    for _ in range(1000):  # 1000 adjustments of 64 * 4 images = 256 kimg
+        p = ada_lib.adjusted_p(p, 1.0, 0.6, 64, 4, 256)
+    assert p == pytest.approx(1.0, abs=1e-9)
 
 
 def _report_signs(values):

@@ -3,7 +3,7 @@
 Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data", section 2.3
 and appendix B. Every image the discriminator sees goes through `AugmentPipe`; each transform is
 applied to each sample independently with probability (its multiplier) * p, and p is steered by
-`ada_adjust` from the sign of D's outputs on reals.
+training/ada.py's controller from the sign of D's outputs on reals.
 
 The pipeline is twice differentiable (grid_sample_gradfix, reflect padding, grouped convolutions),
 so R1 can be taken through it. It is also lean on an accelerator: every constant tensor is built once
@@ -15,7 +15,6 @@ modules their tree also has (torch_utils.misc, persistence, ops.upfirdn2d, ops.g
 and calls only functions those provide, with their signatures.
 """
 
-import math
 import statistics
 
 import numpy as np
@@ -64,39 +63,6 @@ augpipe_specs = {
     'bgcfn':  dict(**_BLIT, **_GEOM, **_COLOR, **_FILTER, **_NOISE),
     'bgcfnc': dict(**_BLIT, **_GEOM, **_COLOR, **_FILTER, **_NOISE, **_CUTOUT),
 }
-
-# ---------------------------------------------------------------------------------------------
-# ADA controller.
-
-
-def ada_adjust(p, sign_mean, target, batch_size, interval, ada_kimg, p_max=None):
-    """One ADA update of the augmentation probability (paper section 3).
-
-    p <- max(p + sign(r_t - target) * batch_size * interval / (ada_kimg * 1000), 0), so p can move
-    from 0 to 1 in ada_kimg thousand images. Upstream has no upper bound; `p_max` (the
-    `--ada-p-max` option) adds one.
-
-    Args:
-        p: current probability (float).
-        sign_mean: r_t, the mean of sign(D(real)) since the previous adjustment. NaN (no samples
-            were reported) leaves p unchanged.
-        target: ADA target for r_t (0.6 by default).
-        batch_size: total batch size over all GPUs.
-        interval: iterations between adjustments.
-        ada_kimg: thousands of images for p to change by 1.
-        p_max: optional upper bound for p (None = unbounded, as upstream).
-
-    Returns:
-        the new p (float).
-    """
-    p = float(p)
-    if math.isnan(sign_mean):
-        return p
-    step = batch_size * interval / (ada_kimg * 1000)
-    p = max(p + float(np.sign(sign_mean - target)) * step, 0.0)
-    if p_max is not None:
-        p = min(p, float(p_max))
-    return p
 
 # ---------------------------------------------------------------------------------------------
 # Constants, cached per device. Building a constant per call costs a host->device copy (and a
