@@ -219,17 +219,9 @@ def to_pil(pixels):
     return PIL.Image.fromarray(pixels[:, :, 0], 'L') if pixels.shape[2] == 1 else PIL.Image.fromarray(pixels, 'RGB')
 
 
-def _file_mode():
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_atomic(path, write):
     """Write `path` through write(binary file) atomically, with the permissions open() would give."""
     with dnnlib.util.atomic_open(path, 'wb') as f:
-        if hasattr(os, 'fchmod'):
-            os.fchmod(f.fileno(), _file_mode())  # mkstemp creates 0600
         write(f)
 
 
@@ -271,7 +263,7 @@ def write_video(path, frames, imageio):
                 writer.append_data(frame)
         finally:
             writer.close()
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, dnnlib.util.new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -27,6 +27,8 @@ import time
 import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script from anywhere
+from dnnlib import util  # noqa: E402
 BUDGET_S = 470           # all steps together, on a GPU (the 8-minute promise, with margin)
 SMOKE_CAP_S = 600        # per step with --cpu-smoke: only a hang guard (shared CPUs can be slow)
 FID_FULL, FID_GPU_NUM_GEN = 50000, 5000
@@ -177,13 +179,8 @@ def _environment(smoke):
 
 
 def write_json_atomic(path, data):
-    """Write `data` as JSON via a temp file in the same folder (normal 0644-style permissions)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(data, f, indent=2)
-        f.write('\n')
-    os.replace(tmp, path)
+    """Write `data` as JSON atomically, with normal 0644-style permissions."""
+    util.atomic_write_text(path, json.dumps(data, indent=2) + '\n')
 
 
 def main(argv=None):

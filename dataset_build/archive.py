@@ -25,17 +25,6 @@ def json_bytes(obj):
     return (json.dumps(obj, indent=2, sort_keys=True) + '\n').encode('utf-8')
 
 
-def current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def file_mode():
-    """The mode a plain open() gives a new file (0644 under the usual umask); mkstemp gives 0600."""
-    return 0o666 & ~current_umask()
-
-
 def add_zip_entry(zf, name, data):
     """Store one entry with fixed timestamp, host and permissions, so equal inputs give equal bytes."""
     info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
@@ -103,9 +92,9 @@ class ArchiveWriter:
         """Finish the archive and move it to `dest` (replacing what was there)."""
         if self.is_zip:
             self._stack.close()  # closes the zip, then atomic_open renames the temp file onto dest
-            os.chmod(self.dest, file_mode())
+            os.chmod(self.dest, util.new_file_mode())
             return
-        os.chmod(self._tmpdir, 0o777 & ~current_umask())
+        os.chmod(self._tmpdir, 0o777 & ~util.current_umask())
         replace_path(self._tmpdir, self.dest)
 
     def abort(self):

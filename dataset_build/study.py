@@ -30,7 +30,7 @@ import zipfile
 import numpy as np
 
 from dataset_build import pools as pools_mod
-from dataset_build.archive import add_zip_entry, archive_name, current_umask, json_bytes
+from dataset_build.archive import add_zip_entry, archive_name, json_bytes
 from dataset_build.errors import BadImage, DatasetToolError, writing
 from dataset_build.images import DEFAULT_RESIZE_FILTER, RESIZE_FILTERS, decode_image, encode_png, is_power_of_two
 from dataset_build.parallel import interrupts_deferred, ordered_map, progress_bar
@@ -311,7 +311,7 @@ def _publish(staging, dest):
     """Move the finished files into dest; Ctrl-C waits until the last rename is done."""
     with interrupts_deferred():
         if not os.path.isdir(dest):
-            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp made it 0700
+            os.chmod(staging, 0o777 & ~util.current_umask())  # mkdtemp made it 0700
             os.replace(staging, dest)
             return
         for name in sorted(os.listdir(staging)):

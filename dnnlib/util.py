@@ -101,7 +101,7 @@ def atomic_open(path, mode='wb'):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
     try:
-        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; outputs get the usual 0644 (umask)
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; outputs get the usual 0644 (umask)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -113,10 +113,16 @@ def atomic_open(path, mode='wb'):
         raise
 
 
-def _default_file_mode():
+def current_umask():
+    """The process umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def new_file_mode():
+    """The mode a plain open() gives a new file (0644 under the usual umask); mkstemp gives 0600."""
+    return 0o666 & ~current_umask()
 
 
 def atomic_write_bytes(path, data: bytes):
