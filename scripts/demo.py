@@ -17,6 +17,7 @@ upscaled, and prints every command before it runs it:
 The FID values mean little (tens of images instead of 50,000); the pictures show what was learned.
 """
 
+import glob
 import json
 import os
 import resource
@@ -107,17 +108,45 @@ def say(text):
     print(f'[demo] {text}', flush=True)
 
 
-def run(cmd, log):
+def _printable(cmd):
+    return ' '.join(shlex.quote(c) for c in cmd)
+
+
+def run(cmd, log, env=None):
     """Run one step as a subprocess, echoing the command; stop the demo if it fails."""
-    printable = ' '.join(shlex.quote(c) for c in cmd)
-    print(f'\n$ {printable}', flush=True)
+    wait(start(cmd, log, env), cmd)
+
+
+def start(cmd, log, env=None, output=None):
+    """Start one step without waiting for it; its output goes to the console, or to the file `output`."""
+    printable = _printable(cmd)
+    print(f'\n$ {printable}' + (f'   (output in {output})' if output else ''), flush=True)
     log.write(printable + '\n')
     log.flush()
-    t0 = time.time()
-    res = subprocess.run(cmd, cwd=ROOT)  # the root scripts are run from the repository root
-    if res.returncode != 0:
-        sys.exit(f'Error: demo step failed (exit {res.returncode}): {printable}')
-    say(f'step took {time.time() - t0:.0f}s')
+    stdout = open(output, 'w', encoding='utf-8') if output else None  # noqa: SIM115 (closed by wait)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT if output else None)
+    proc.started, proc.output = time.time(), stdout  # the root scripts are run from the repository root
+    return proc
+
+
+def wait(proc, cmd):
+    """Wait for a step started with start(); stop the demo if it failed."""
+    res = proc.wait()
+    if proc.output:
+        proc.output.close()
+    if res != 0:
+        where = f' (see {proc.output.name})' if proc.output else ''
+        sys.exit(f'Error: demo step failed (exit {res}){where}: {_printable(cmd)}')
+    say(f'step took {time.time() - proc.started:.0f}s')
+
+
+def one_thread():
+    """The environment for a step that shares the two cores with another: one thread each.
+
+    At the demo's size a training step is bound by per-op overhead, so a second thread speeds it up
+    little; the second core is worth more to the FID run beside it.
+    """
+    return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
 
 
 def newest_run_dir(outdir):
@@ -153,28 +182,60 @@ def build_datasets(out, log):
 
 
 def train(out, data, log):
-    """Steps 3-4: pretrain on the source domain, then transfer to the mix; returns both run dirs."""
-    py = sys.executable
-    pre_runs = os.path.join(out, 'pretrain')
-    say(f'pretraining from scratch on the source domain for {PRETRAIN_KIMG} kimg (no metrics)')
-    # Batch 16: from scratch, twice the updates per kimg teach more than bigger batches in the same time.
-    # Snapshots at tick 0 (the untrained network of the picture) and at the end.
-    run([py, 'train.py', f'--outdir={pre_runs}', f'--data={data}/source-digits.zip', f'--kimg={PRETRAIN_KIMG}',
-         '--metrics=none', '--aug=noaug', '--batch=16', '--tick=2', f'--snap={PRETRAIN_KIMG}'] + NET, log)
-    pre_dir = newest_run_dir(pre_runs)
+    """Steps 3-4: pretrain on the source domain (and meanwhile score the untrained network), then
+    transfer to the mix; returns both run dirs."""
+    pre_dir = pretrain(out, data, log)
     # The study's layout (RUNS/<dataset>/<preset>/), so scripts.report reads it as one cell of the grid.
     runs = os.path.join(out, 'runs', 'Mix-dataset1', 'ddclr')
     say(f'transfer to the mix for {KIMG} kimg with the study\'s DDCLR schedule; FID against the real '
         f'subset ({METRIC_NUM_GEN} generated images) at the start and at {", ".join(map(str, SNAP_KIMG))} kimg')
     # --ema-kimg: after a transfer G_ema has no ramp-up, and auto's 10 kimg half-life would leave it
-    # near the pretrained network after 8 kimg.
-    run([py, 'train.py', f'--outdir={runs}', f'--data={data}/Mix-dataset1.zip',
+    # near the pretrained network after 8 kimg. --ada-p-init: ADA's p rises by at most 8/500 in 8 kimg,
+    # too slowly to keep D from memorising 100 images (G then collapses onto a single blob).
+    run([sys.executable, 'train.py', f'--outdir={runs}', f'--data={data}/Mix-dataset1.zip',
          f'--resume={snapshot(pre_dir, PRETRAIN_KIMG)}', '--lr-schedule=ddclr', f'--kimg={KIMG}',
          f'--snap-kimg={",".join(map(str, SNAP_KIMG))}', '--metrics=fid50k_full',
          f'--metric-data={data}/CelebAMask-HQ1.zip', f'--metric-num-gen={METRIC_NUM_GEN}',
-         '--ema-kimg=0.5', '--batch=32', '--tick=1', '--snap=100'] + NET, log)
+         '--ema-kimg=0.5', '--ada-p-init=0.3', '--batch=32', '--tick=1', '--snap=100'] + NET, log)
     return pre_dir, newest_run_dir(runs)
 
+
+def pretrain(out, data, log):
+    """Step 3, with the untrained network's FID computed beside it; returns the pretraining run dir."""
+    pre_runs = os.path.join(out, 'pretrain')
+    say(f'pretraining from scratch on the source domain for {PRETRAIN_KIMG} kimg (no metrics)')
+    # Batch 16: from scratch, twice the updates per kimg teach more than bigger batches in the same time.
+    # Snapshots at tick 0 (the untrained network of the picture) and at the end.
+    cmd = [sys.executable, 'train.py', f'--outdir={pre_runs}', f'--data={data}/source-digits.zip',
+           f'--kimg={PRETRAIN_KIMG}', '--metrics=none', '--aug=noaug', '--batch=16', '--tick=2',
+           f'--snap={PRETRAIN_KIMG}'] + NET
+    proc = start(cmd, log, env=one_thread())
+    untrained = _wait_for_untrained_snapshot(pre_runs, proc)
+    fid = None
+    if untrained is not None:
+        say('meanwhile, on the second core: the untrained network\'s FID against the real subset (this also '
+            'caches the real images\' statistics for the transfer\'s evaluations)')
+        fid_cmd = [sys.executable, 'calc_metrics.py', f'--network={untrained}', '--metrics=fid50k_full',
+                   f'--data={data}/CelebAMask-HQ1.zip', f'--num-gen={METRIC_NUM_GEN}', '--device=cpu']
+        fid = (start(fid_cmd, log, env=one_thread(), output=os.path.join(out, 'untrained-fid.log')), fid_cmd)
+    wait(proc, cmd)
+    pre_dir = newest_run_dir(pre_runs)
+    if fid is not None:
+        wait(*fid)
+        say(f'untrained network: FID {fid_points(pre_dir)[-1][1]:.0f} against the real subset '
+            f'({METRIC_NUM_GEN} generated images)')
+    return pre_dir
+
+
+def _wait_for_untrained_snapshot(pre_runs, proc):
+    """The tick-0 snapshot's path once the pretraining has written it; None if the process ended first."""
+    while True:
+        found = sorted(glob.glob(os.path.join(pre_runs, '[0-9]' * 5 + '-*', 'network-snapshot-000000.pkl')))
+        if found:
+            return found[-1]
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.5)
 
 def render(networks, out, log):
     """Step 6: the same seeds through each network; returns {name: grid.png path}."""
@@ -320,6 +381,11 @@ def verdict(legible_after, legible_reals, count):
             '(PRETRAIN_KIMG and KIMG in scripts/demo.py).')
 
 
+def _fid_text(points):
+    """', FID 123' for the first of [(kimg, value)] points, '' for none."""
+    return f', FID {points[0][1]:.0f}' if points else ''
+
+
 def summarise(out, data, run_dir, grids):
     """Step 7: write demo.png and say, with numbers, whether the digits came out legible."""
     count = NUM_IMAGES
@@ -328,8 +394,8 @@ def summarise(out, data, run_dir, grids):
     kimg, lr, label = lr_curve_of(run_dir)
     fid = fid_points(run_dir)
     titles = ['reals: Mix-dataset1\n(80% "real", 20% "generated")', 'untrained network\n(after its first step)',
-              f'before the transfer: pretrained\n{PRETRAIN_KIMG} kimg, digits of every colour',
-              f'after the transfer:\n{KIMG} kimg on the mix, DDCLR']
+              f'before the transfer: pretrained\n{PRETRAIN_KIMG} kimg, digits of every colour{_fid_text(fid[:1])}',
+              f'after the transfer:\n{KIMG} kimg on the mix, DDCLR{_fid_text(fid[-1:])}']
     images = [reals, tiles['untrained'], tiles['pretrained'], tiles['transferred']]
     panels = [(title, tile(group, GRID_COLS)) for title, group in zip(titles, images)]
     picture = os.path.join(out, 'demo.png')

@@ -3,6 +3,9 @@
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -127,3 +130,49 @@ def test_picture_holds_every_panel_and_the_curve(tmp_path):
     curve_blue = np.all(np.abs(picture - (31, 119, 180)) < 8, axis=2)  # matplotlib's tab:blue line
     assert np.nonzero(curve_blue.any(axis=0))[0].min() > max(columns)
     assert sorted(os.listdir(tmp_path)) == ['00000-run', 'demo.png']  # written atomically, no temp left
+
+
+def test_a_background_step_that_fails_stops_the_demo_naming_its_log(tmp_path, capsys):
+    log = open(tmp_path / 'commands.txt', 'w', encoding='utf-8')
+    output = str(tmp_path / 'step.log')
+    cmd = [sys.executable, '-c', 'import sys; print("boom"); sys.exit(3)']
+    proc = demo.start(cmd, log, env=demo.one_thread(), output=output)
+    with pytest.raises(SystemExit) as e:
+        demo.wait(proc, cmd)
+    log.close()
+    assert 'exit 3' in str(e.value) and output in str(e.value)
+    assert open(output, encoding='utf-8').read() == 'boom\n'  # the step's output went to its file
+    assert 'boom' not in capsys.readouterr().out.splitlines()  # only the echoed command reached the console
+    assert (tmp_path / 'commands.txt').read_text(encoding='utf-8').count('sys.exit(3)') == 1
+
+
+def test_one_thread_leaves_the_rest_of_the_environment(monkeypatch):
+    monkeypatch.setenv('DEMO_PROBE', 'kept')
+    monkeypatch.setenv('OMP_NUM_THREADS', '7')
+    env = demo.one_thread()
+    assert env['OMP_NUM_THREADS'] == '1' and env['DEMO_PROBE'] == 'kept'
+    assert os.environ['OMP_NUM_THREADS'] == '7'  # a copy: the demo's own process keeps its threads
+
+
+def test_waiting_for_the_untrained_snapshot(tmp_path):
+    pre_runs = tmp_path / 'pretrain'
+    writer = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f'''
+        import os, time
+        time.sleep(0.3)
+        os.makedirs({str(pre_runs / '00000-run')!r})
+        open({str(pre_runs / '00000-run' / 'network-snapshot-000000.pkl')!r}, 'wb').close()
+        time.sleep(30)''')])
+    try:
+        found = demo._wait_for_untrained_snapshot(str(pre_runs), writer)
+        assert found == str(pre_runs / '00000-run' / 'network-snapshot-000000.pkl')
+    finally:
+        writer.kill()
+        writer.wait()
+    # A pretraining that ends without a snapshot: no FID beside it, no hang.
+    quitter = subprocess.Popen([sys.executable, '-c', 'pass'])
+    assert demo._wait_for_untrained_snapshot(str(tmp_path / 'nothing'), quitter) is None
+
+
+def test_fid_text():
+    assert demo._fid_text([(0.032, 180.5), (4, 120.0)]) == ', FID 180'
+    assert demo._fid_text([]) == ''
