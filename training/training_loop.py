@@ -12,7 +12,8 @@ Deliberate differences from upstream (see patches/README.md):
 - A full training state is saved every `checkpoint_ticks` ticks, at the end, and when SIGTERM or
   SIGUSR1 asks the run to stop (training/preempt.py); re-running continues from it, and the logs
   are first cut back to what they held at that checkpoint.
-- Gradients are averaged across ranks with one explicit all-reduce per phase instead of DDP.
+- Gradients are averaged across ranks by bucketed all-reduces that start during the phase's last
+  backward pass (torch_utils.distributed.GradAverager), not by DDP wrappers.
 - `snap_kimg` points end a tick and write a snapshot named by the requested kimg.
 - Optional lr schedule applied every iteration: lr = lr_at(schedule, cur_nimg) * (I / (I + 1)).
 - NaN/Inf gradient entries are zeroed as upstream, but counted and reported (Grads/*/nonfinite).
@@ -184,7 +185,8 @@ def training_step(run, model, counters, training_set, data_iter):
         if counters.batch_idx % phase.interval == 0:
             module = model.G if phase.net == 'G' else model.D
             phase_lib.run_phase(phase, module, model.opts[phase.net], model.loss,
-                                list(zip(reals, real_cs, gen_zs, gen_cs)), model.timer)
+                                list(zip(reals, real_cs, gen_zs, gen_cs)), model.timer,
+                                model.averagers.get(phase.net))
             ran.append(phase.name)
     model.ema.update(step_nimg, run.batch_size)
     counters.cur_nimg += run.batch_size
