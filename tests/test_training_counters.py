@@ -234,12 +234,14 @@ def test_the_model_sees_syncs_copies_and_uploads():
 # The training step.
 
 
-def _assert_lean_step(index, events, num_labels):
-    """A step uploads the images and the labels (non-blocking) and does nothing else that costs a sync or a copy."""
-    kinds = sorted((kind, name, str(shapes), details.get('non_blocking')) for kind, name, _site, shapes, details in events)
-    expected = sorted([('upload', 'to', str([((4, 3, 32, 32), torch.uint8)]), True),
-                       ('upload', 'to', str([((num_labels[0], num_labels[1]), torch.float32)]), True)])
-    assert kinds == expected, (index, events)
+def _assert_lean_step(index, events, label_shape):
+    """No sync, copy or mixed op; exactly two non-blocking uploads: the uint8 images and all the labels."""
+    others = [event for event in events if event[0] != 'upload']
+    assert others == [], (index, others)
+    uploads = sorted((str(shapes), details['non_blocking']) for kind, _name, _site, shapes, details in events
+                     if kind == 'upload')
+    expected = [(str([((4, 3, 32, 32), torch.uint8)]), True), (str([(label_shape, torch.float32)]), True)]
+    assert uploads == sorted(expected), (index, uploads)
 
 
 @pytest.mark.slow
@@ -249,17 +251,19 @@ def test_steady_state_steps_sync_only_to_adjust_ada(tmp_path, monkeypatch, fresh
     """Per step: two uploads (images, labels); syncs only in the ADA adjustment every 4 steps and at tick ends."""
     model, events, phases = _watched_run(tmp_path, monkeypatch, steps, labels=labels, G_reg_interval=reg[0],
                                          D_reg_interval=reg[1])
-    num_labels = (4 + 4 * len(model.phases), model.G.c_dim)  # this step's reals + every phase's fakes
+    label_shape = (4 + 4 * len(model.phases), model.G.c_dim)  # this step's reals + every phase's fakes
     step_events, ada_events = _by_segment(events, 'step'), _by_segment(events, 'ada')
     for index in range(1, steps):  # step 0 builds caches and optimizer state
-        _assert_lean_step(index, step_events[index], num_labels)
-        adjusts = (index + 1) % 4 == 0
+        _assert_lean_step(index, step_events[index], label_shape)
         syncs = ada_events.get(index, [])
-        assert bool(syncs) == adjusts, (index, syncs)
-        assert {site.split(':')[0] for _kind, _name, site, _shapes, _details in syncs} <= {'ada.py', 'training_stats.py'}
+        assert bool(syncs) == ((index + 1) % 4 == 0), (index, syncs)  # ada_interval 4: after steps 4, 8, ...
+        assert {site.split(':')[0] for _kind, _name, site, *_rest in syncs} <= {'ada.py', 'training_stats.py'}
     assert _by_segment(events, 'tick'), 'tick ends are watched too (and may sync)'
     expected_phases = {'Gmain', 'Greg', 'Dmain', 'Dreg'} if reg[0] else {'Gboth', 'Dboth'}
     assert set().union(*phases[1:]) == expected_phases
+    # One process: no gradient averager, no hooks on the parameters.
+    assert model.averagers == {}
+    assert all(p._post_accumulate_grad_hooks is None for p in [*model.G.parameters(), *model.D.parameters()])
 
 
 @pytest.mark.slow
