@@ -275,3 +275,36 @@ def test_a_sync_added_to_the_step_is_caught(tmp_path, monkeypatch, fresh_trainin
     _model, events, _phases = _watched_run(tmp_path, monkeypatch, 3, G_reg_interval=2, D_reg_interval=4)
     syncs = [(name, site) for kind, name, site, _shapes, _details in _by_segment(events, 'step')[2] if kind == 'sync']
     assert syncs and set(syncs) == {('__int__', 'loss.py:run_G')}, syncs
+
+
+@pytest.mark.gpu
+def test_cuda_steady_state_steps_never_sync(tmp_path, monkeypatch, fresh_training_stats):
+    """On a GPU: torch's sync detector raises on any synchronising call (a blocking copy included) in a step,
+    the ADA adjustment excepted."""
+    from training import ada as ada_lib
+    from training import training_loop
+    step, after_step = training_loop.training_step, ada_lib.AdaController.after_step
+
+    def strict_step(run, model, counters, *args):
+        strict = counters.batch_idx >= 2  # the first steps build the CUDA plugins, caches and optimizer state
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error' if strict else 'default')
+        try:
+            return step(run, model, counters, *args)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+
+    def lenient_after_step(self, batch_idx):
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode('default')
+        try:
+            return after_step(self, batch_idx)
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+    monkeypatch.setattr(training_loop, 'training_step', strict_step)
+    monkeypatch.setattr(ada_lib.AdaController, 'after_step', lenient_after_step)
+    data = write_image_zip(str(tmp_path / 'tiny.zip'))
+    kw = tiny_loop_kwargs(data, str(tmp_path / 'run'), batch_size=4, batch_gpu=2, total_kimg=0.036, kimg_per_tick=1000,
+                          device='cuda', data_loader_kwargs=dict(pin_memory=True, num_workers=0),
+                          G_reg_interval=2, D_reg_interval=4, **ada_kwargs(ada_interval=4, ada_kimg=0.1))
+    assert training_loop.training_loop(**kw).counters.batch_idx == 9
