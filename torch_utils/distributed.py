@@ -3,13 +3,16 @@
 Backends: NCCL for CUDA devices, gloo for CPU (so `--device cpu --gpus 2` runs two CPU processes,
 which is how the multi-process path is tested without GPUs).
 
-Gradients are averaged with an explicit all-reduce of one flattened buffer per phase
-(`all_reduce_mean_`, see training/phases.py) rather than DDP wrappers: the loss takes double-backward through D (R1) and
-through the synthesis network (path length), runs sub-networks with and without gradients in the
-same phase, and accumulates over several rounds; an explicit reduce after the last round needs no
-`find_unused_parameters`, no sync contexts, and costs one collective per phase step.
+Gradients are averaged by `GradAverager` rather than DDP wrappers: the loss takes double-backward
+through D (R1) and through the synthesis network (path length), runs sub-networks with and without
+gradients in the same phase, makes two backward passes per round in some phases (D on fakes, then on
+reals), and accumulates over several rounds. DDP would need `find_unused_parameters` and no_sync for
+all but one backward pass; post-accumulate-grad hooks that listen only in the phase's last backward
+pass give the same bucketed, overlapped all-reduce without wrapping the networks.
 """
 
+import contextlib
+import functools
 import os
 import re
 import signal
@@ -219,3 +222,133 @@ def assert_consistent(module, name, ignore_regex=None):
         same = torch.equal(torch.nan_to_num(ref), torch.nan_to_num(tensor.detach()))
         if not same:
             raise RuntimeError(f'{name}.{tensor_name} differs between ranks')
+
+
+# ----------------------------------------------------------------------------
+# Gradient averaging overlapped with backward.
+
+BUCKET_BYTES = 25 * 2**20  # as DDP's default: big enough for bandwidth, small enough to start early
+
+
+class _Bucket:
+    """One flat buffer of gradients; its all-reduce starts once every member's final gradient is in."""
+
+    def __init__(self, members, params):
+        self.members = members  # parameter indices
+        first = params[members[0]]
+        self.flat = torch.zeros([sum(params[i].numel() for i in members)], dtype=first.dtype, device=first.device)
+        self.pending = len(members)
+        self.work = None
+
+
+def _bucket_layout(params, order, bucket_bytes):
+    """Parameter indices in `order`, cut into runs of about bucket_bytes with one dtype and device each."""
+    runs, size = [], 0
+    for index in order:
+        p = params[index]
+        key = (p.dtype, p.device)
+        if not runs or size + p.numel() * p.element_size() > bucket_bytes or runs[-1][0] != key:
+            runs.append((key, []))
+            size = 0
+        runs[-1][1].append(index)
+        size += p.numel() * p.element_size()
+    return [members for _key, members in runs]
+
+
+class GradAverager:
+    """Averages the gradients of `params` over ranks in ~25 MB buckets, overlapped with backward.
+
+    Post-accumulate-grad hooks listen only inside `final_backward()`, the phase's last backward pass
+    (earlier passes and accumulation rounds only add into .grad). There each gradient is copied into
+    its bucket and becomes a view of it; a bucket's async all-reduce starts once all its members are in
+    and every earlier bucket has started, so every rank issues the collectives in the same order.
+    `finish()` sends the rest, waits and divides by the world size: per element the same sum and
+    division as one all-reduce of all gradients.
+
+    The layout follows the order in which gradients reached rank 0 in the first final pass (backward
+    runs roughly opposite to registration, but G registers synthesis before mapping); that first
+    phase sends everything in finish(). Make one per network, and only when there are several ranks.
+    """
+
+    def __init__(self, params, bucket_bytes=None):
+        self.params = list(params)
+        self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+        self.buckets = None     # built at the first finish()
+        self.slots = {}         # parameter index -> (bucket, offset)
+        self.arrived = []       # parameter indices in arrival order, until the layout is built
+        self.taken = set()      # parameter indices copied into their bucket in this phase
+        self.listening = False
+        self.next = 0           # first bucket whose all-reduce has not started
+        for index, p in enumerate(self.params):
+            was = p.requires_grad
+            p.requires_grad_(True)  # hooks can only be registered on tensors that require grad
+            p.register_post_accumulate_grad_hook(functools.partial(self._on_grad, index))
+            p.requires_grad_(was)
+
+    @contextlib.contextmanager
+    def final_backward(self):
+        """Wrap the phase's last backward pass: the gradients it leaves are final and may be sent."""
+        self.listening = True
+        try:
+            yield
+        finally:
+            self.listening = False
+
+    def _on_grad(self, index, param):
+        if not self.listening:
+            return
+        if self.buckets is None:
+            self.arrived.append(index)
+            return
+        self._take(index)
+        self._send_ready()
+
+    def _take(self, index):
+        """Move the parameter's gradient into its bucket slot (zeros when it has none)."""
+        assert index not in self.taken, 'one backward pass per final_backward()'
+        param = self.params[index]
+        bucket, offset = self.slots[index]
+        view = bucket.flat[offset:offset + param.numel()].view_as(param)
+        if param.grad is None:
+            view.zero_()
+        else:
+            view.copy_(param.grad)
+            param.grad = view
+        self.taken.add(index)
+        bucket.pending -= 1
+
+    def _send_ready(self):
+        while self.next < len(self.buckets) and self.buckets[self.next].pending == 0:
+            self.buckets[self.next].work = torch.distributed.all_reduce(self.buckets[self.next].flat, async_op=True)
+            self.next += 1
+
+    def _build(self):
+        """Buckets in rank 0's arrival order (then the parameters that never arrived, last first)."""
+        arrived, self.arrived = broadcast_object(self.arrived), []
+        seen = set(arrived)
+        order = arrived + [i for i in reversed(range(len(self.params))) if i not in seen]
+        self.buckets = [_Bucket(members, self.params) for members in
+                        _bucket_layout(self.params, order, self.bucket_bytes)]
+        for bucket in self.buckets:
+            offset = 0
+            for index in bucket.members:
+                self.slots[index] = (bucket, offset)
+                offset += self.params[index].numel()
+
+    def finish(self):
+        """Send what is left, wait, average. Returns the flat buckets ([] when no parameter has a gradient)."""
+        if not any(p.grad is not None for p in self.params):  # the same on every rank
+            return []
+        if self.buckets is None:
+            self._build()
+        for index in range(len(self.params)):
+            if index not in self.taken:
+                self._take(index)
+        self._send_ready()
+        world = world_size()
+        for bucket in self.buckets:
+            bucket.work.wait()
+            bucket.flat /= world
+            bucket.pending, bucket.work = len(bucket.members), None
+        self.taken, self.next = set(), 0
+        return [bucket.flat for bucket in self.buckets]

@@ -7,6 +7,8 @@ One difference from upstream: the path-length EMA `pl_mean` is part of `state_di
 continued run restarts with the same regulariser target instead of from 0.
 """
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,8 +21,12 @@ PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
 class Loss:
     """Interface of a training loss driven by the training loop."""
 
-    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain):
-        """Run one phase on one batch chunk and accumulate parameter gradients (`.backward()`)."""
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain, final_backward=None):
+        """Run one phase on one batch chunk and accumulate parameter gradients (`.backward()`).
+
+        final_backward: when given (several ranks, last round), a context-manager factory to enter
+        around the call's last backward pass, in which the gradient all-reduce starts.
+        """
         raise NotImplementedError()
 
 
@@ -146,7 +152,7 @@ class StyleGAN2Loss(Loss):
 
     # -----------------------------------------------------------------------------------------
 
-    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain):
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, gain, final_backward=None):
         """Compute the phase's loss on one batch chunk and backpropagate it, scaled by `gain`.
 
         Args:
@@ -156,24 +162,28 @@ class StyleGAN2Loss(Loss):
             gen_z: [N, z_dim] latents.
             gen_c: [N, c_dim] labels for the generated images.
             gain: loss multiplier, the phase interval for lazy regularisation.
+            final_backward: context-manager factory entered around the last backward pass (see Loss).
         """
         assert phase in PHASES, f'unknown phase {phase!r}'
         do_Gmain = phase in ('Gmain', 'Gboth')
         do_Dmain = phase in ('Dmain', 'Dboth')
         do_Gpl = phase in ('Greg', 'Gboth') and self.pl_weight != 0
         do_Dr1 = phase in ('Dreg', 'Dboth') and self.r1_gamma != 0
+        final = final_backward or contextlib.nullcontext
+        early = contextlib.nullcontext
 
+        # The order of the passes below decides which is last: Gpl after Gmain, Dreal after Dgen.
         if do_Gmain:
-            self._accumulate_Gmain(gen_z, gen_c, gain=gain)
+            self._accumulate_Gmain(gen_z, gen_c, gain=gain, backward=early if do_Gpl else final)
         if do_Gpl:
-            self._accumulate_Gpl(gen_z, gen_c, gain=gain)
+            self._accumulate_Gpl(gen_z, gen_c, gain=gain, backward=final)
         loss_Dgen = None
         if do_Dmain:
-            loss_Dgen = self._accumulate_Dgen(gen_z, gen_c, gain=gain)
+            loss_Dgen = self._accumulate_Dgen(gen_z, gen_c, gain=gain, backward=early)
         if do_Dmain or do_Dr1:
-            self._accumulate_Dreal(real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, gain=gain)
+            self._accumulate_Dreal(real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, gain=gain, backward=final)
 
-    def _accumulate_Gmain(self, gen_z, gen_c, gain):
+    def _accumulate_Gmain(self, gen_z, gen_c, gain, backward):
         """Non-saturating generator loss softplus(-D(G(z)))."""
         gen_img, _ws = self.run_G(gen_z, gen_c)
         gen_logits = self.run_D(gen_img, gen_c)
@@ -181,9 +191,10 @@ class StyleGAN2Loss(Loss):
         training_stats.report('Loss/signs/fake', gen_logits.sign())
         loss_Gmain = F.softplus(-gen_logits)
         training_stats.report('Loss/G/loss', loss_Gmain)
-        loss_Gmain.mean().mul(gain).backward()
+        with backward():
+            loss_Gmain.mean().mul(gain).backward()
 
-    def _accumulate_Gpl(self, gen_z, gen_c, gain):
+    def _accumulate_Gpl(self, gen_z, gen_c, gain, backward):
         """Path-length regularisation (StyleGAN2 eq. 4) on batch // pl_batch_shrink samples."""
         batch_size = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
         gen_img, gen_ws = self.run_G(gen_z[:batch_size], gen_c[:batch_size])
@@ -201,9 +212,10 @@ class StyleGAN2Loss(Loss):
         training_stats.report('Loss/G/reg', loss_Gpl)
         # `img * 0` keeps the synthesis output in the graph: every parameter gets a gradient, so the
         # ranks all-reduce the same set of tensors.
-        (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean().mul(gain).backward()
+        with backward():
+            (gen_img[:, 0, 0, 0] * 0 + loss_Gpl).mean().mul(gain).backward()
 
-    def _accumulate_Dgen(self, gen_z, gen_c, gain):
+    def _accumulate_Dgen(self, gen_z, gen_c, gain, backward):
         """Discriminator loss on fakes, softplus(D(G(z))); G receives no gradient."""
         with torch.no_grad():
             gen_img, _ws = self.run_G(gen_z, gen_c)
@@ -211,10 +223,11 @@ class StyleGAN2Loss(Loss):
         training_stats.report('Loss/scores/fake', gen_logits)
         training_stats.report('Loss/signs/fake', gen_logits.sign())
         loss_Dgen = F.softplus(gen_logits)
-        loss_Dgen.mean().mul(gain).backward()
+        with backward():
+            loss_Dgen.mean().mul(gain).backward()
         return loss_Dgen.detach()
 
-    def _accumulate_Dreal(self, real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, gain):
+    def _accumulate_Dreal(self, real_img, real_c, loss_Dgen, do_Dmain, do_Dr1, gain, backward):
         """Discriminator loss on reals softplus(-D(x)) and/or R1 (Mescheder et al. 2018, eq. 9)."""
         # R1 is taken w.r.t. the un-augmented reals, through the augmentation (as upstream).
         real_img_tmp = real_img.detach().requires_grad_(do_Dr1)
@@ -238,4 +251,5 @@ class StyleGAN2Loss(Loss):
             training_stats.report('Loss/D/reg', loss_Dr1)
 
         # `logits * 0` keeps D's output in the graph (every parameter gets a gradient) when only R1 is active.
-        (real_logits * 0 + loss_Dreal + loss_Dr1).mean().mul(gain).backward()
+        with backward():
+            (real_logits * 0 + loss_Dreal + loss_Dr1).mean().mul(gain).backward()

@@ -8,6 +8,7 @@ import torch
 
 import dnnlib
 from patches import network_pickle
+from torch_utils import distributed
 from torch_utils import misc
 from training import ada as ada_lib
 from training import augment  # noqa: F401  (registers AugmentPipe for the pickle loader)
@@ -52,6 +53,7 @@ class Model:
     opts: dict              # 'G'/'D' -> NetOptimizer
     phases: list            # [Phase]
     timer: phase_lib.PhaseTimer
+    averagers: dict         # 'G'/'D' -> distributed.GradAverager with several ranks; empty for one
 
     def parts(self):
         """The checkpointed state, by name."""
@@ -116,8 +118,12 @@ def build_model(run, training_set, G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwarg
                                             run.total_nimg)
     phases = phase_lib.build_phases(reg['G'], reg['D'])
     timer = phase_lib.PhaseTimer(phases, enabled=run.rank == 0 and run.device.type == 'cuda', device=run.device)
+    # After G_ema's copy: the averagers' hooks belong to the trained networks only. One process: no hooks.
+    averagers = {}
+    if distributed.world_size() > 1:
+        averagers = {name: distributed.GradAverager(module.parameters()) for name, module in (('G', G), ('D', D))}
     return Model(G=G, D=D, G_ema=G_ema, augment_pipe=pipe, loss=loss, ema=Ema(G, G_ema, **ema), ada=ada, opts=opts,
-                 phases=phases, timer=timer)
+                 phases=phases, timer=timer, averagers=averagers)
 
 
 def transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256):

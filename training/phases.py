@@ -79,13 +79,26 @@ def build_phases(G_reg_interval, D_reg_interval):
     return phases
 
 
-def sanitise_grads(params):
-    """Average the gradients of `params` over ranks, then replace NaN/Inf entries, on one flat buffer.
+def sanitise_(flat):
+    """Replace NaN/Inf entries of `flat` in place (NaN -> 0, +-Inf -> +-1e5).
 
     Sanitising instead of skipping the step keeps one bad fp16 batch from poisoning Adam's moments
-    (as upstream); counting makes it visible (reported per tick). One buffer makes the cross-rank
-    average a single collective and the check two kernels, whatever the number of tensors; each
-    `.grad` becomes a view into it.
+    (as upstream); counting makes it visible (reported per tick).
+
+    Returns:
+        number of non-finite entries as a 0-d tensor on flat's device (no host sync).
+    """
+    count = flat.numel() - torch.isfinite(flat).sum()
+    torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
+    return count
+
+
+def sanitise_grads(params):
+    """Average the gradients of `params` over ranks, then sanitise them, on one flat buffer.
+
+    One buffer makes the cross-rank average a single collective and the check two kernels, whatever
+    the number of tensors; each `.grad` becomes a view into it. (Runs with several ranks use a
+    GradAverager instead, which overlaps the average with backward.)
 
     Args:
         params: parameters whose `.grad` is set (the same set, in the same order, on every rank).
@@ -97,8 +110,7 @@ def sanitise_grads(params):
         return torch.zeros([], dtype=torch.int64)
     flat = torch.cat([p.grad.flatten() for p in params])
     distributed.all_reduce_mean_(flat)
-    count = flat.numel() - torch.isfinite(flat).sum()
-    torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
+    count = sanitise_(flat)
     offset = 0
     for p in params:
         p.grad = flat[offset:offset + p.numel()].view_as(p)
@@ -131,7 +143,7 @@ class PhaseTimer:
             training_stats.report0('Timing/' + name, start.elapsed_time(end))
 
 
-def run_phase(phase, module, optimizer, loss, batches, timer):
+def run_phase(phase, module, optimizer, loss, batches, timer, averager=None):
     """Accumulate one phase's gradients over the per-GPU rounds, average across ranks, sanitise, step.
 
     Args:
@@ -141,16 +153,23 @@ def run_phase(phase, module, optimizer, loss, batches, timer):
         loss: the training loss (accumulate_gradients).
         batches: list of (real_img, real_c, gen_z, gen_c) per-GPU rounds.
         timer: PhaseTimer.
+        averager: the network's distributed.GradAverager (several ranks), or None.
     """
     timer.start(phase.name)
     optimizer.opt.zero_grad(set_to_none=True)
     module.requires_grad_(True)
-    for real_img, real_c, gen_z, gen_c in batches:
+    last_round = len(batches) - 1 if averager is not None else None
+    for index, (real_img, real_c, gen_z, gen_c) in enumerate(batches):
+        # The last round's last backward pass leaves the final gradients: the averager sends them as they come.
+        final = dict(final_backward=averager.final_backward) if index == last_round else {}
         loss.accumulate_gradients(phase=phase.name, real_img=real_img, real_c=real_c, gen_z=gen_z, gen_c=gen_c,
-                                  gain=phase.interval)
+                                  gain=phase.interval, **final)
     module.requires_grad_(False)
-    params = [p for p in module.parameters() if p.grad is not None]  # same set on every rank
+    if averager is None:
+        count = sanitise_grads([p for p in module.parameters() if p.grad is not None])  # same set on every rank
+    else:
+        count = sum(sanitise_(flat) for flat in averager.finish())
     # Gradients are identical on every rank after the average: count them once.
-    training_stats.report0(f'Grads/{phase.net}/nonfinite', sanitise_grads(params))
+    training_stats.report0(f'Grads/{phase.net}/nonfinite', count)
     optimizer.opt.step()
     timer.end(phase.name)

@@ -12,7 +12,8 @@ Deliberate differences from upstream (see patches/README.md):
 - A full training state is saved every `checkpoint_ticks` ticks, at the end, and when SIGTERM or
   SIGUSR1 asks the run to stop (training/preempt.py); re-running continues from it, and the logs
   are first cut back to what they held at that checkpoint.
-- Gradients are averaged across ranks with one explicit all-reduce per phase instead of DDP.
+- Gradients are averaged across ranks by bucketed all-reduces that start during the phase's last
+  backward pass (torch_utils.distributed.GradAverager), not by DDP wrappers.
 - `snap_kimg` points end a tick and write a snapshot named by the requested kimg.
 - Optional lr schedule applied every iteration: lr = lr_at(schedule, cur_nimg) * (I / (I + 1)).
 - NaN/Inf gradient entries are zeroed as upstream, but counted and reported (Grads/*/nonfinite).
@@ -132,33 +133,51 @@ def find_checkpoint(run_dir):
 # One iteration.
 
 
-def _fetch_reals(run, data_iter):
+def _fetch_reals(data_iter):
+    """The next (uint8 images, labels) batch, on the host."""
     # Host time spent waiting for the loader: large values mean the input pipeline is the bottleneck.
     wait_start = time.perf_counter()
     img, c = next(data_iter)
     training_stats.report0('Timing/data_wait_sec', time.perf_counter() - wait_start)
-    img = (img.to(run.device).to(torch.float32) / 127.5 - 1).split(run.batch_gpu)
-    return img, c.to(run.device).split(run.batch_gpu)
+    return img, c
 
 
-def _draw_latents(run, training_set, num_phases, z_dim):
-    """Fresh z and random dataset labels for every phase (each phase its own slice, even if skipped)."""
-    n = num_phases * run.batch_size
-    all_z = torch.randn([n, z_dim], device=run.device)
-    all_z = [chunk.split(run.batch_gpu) for chunk in all_z.split(run.batch_size)]
-    all_c = torch.from_numpy(np.stack([training_set.get_label(np.random.randint(len(training_set))) for _ in range(n)]))
-    if run.device.type == 'cuda':
-        all_c = all_c.pin_memory()
-    all_c = all_c.to(run.device, non_blocking=True)
-    return all_z, [chunk.split(run.batch_gpu) for chunk in all_c.split(run.batch_size)]
+def _draw_latents(run, num_phases, z_dim):
+    """Fresh z for every phase (each phase its own slice, even if skipped), split into rounds."""
+    all_z = torch.randn([num_phases * run.batch_size, z_dim], device=run.device)
+    return [chunk.split(run.batch_gpu) for chunk in all_z.split(run.batch_size)]
+
+
+def _draw_labels(training_set, n):
+    """`n` labels of random dataset items, on the host (numpy's per-step stream)."""
+    return torch.from_numpy(np.stack([training_set.get_label(np.random.randint(len(training_set))) for _ in range(n)]))
+
+
+def _to_device(run, tensor):
+    """Host -> device copy that never makes the host wait: pinned and non-blocking on CUDA."""
+    if run.device.type == 'cuda' and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(run.device, non_blocking=True)
+
+
+def _upload_batch(run, img, real_c, gen_c):
+    """One upload for the images and one for all labels; returns per-round reals, their labels, and per
+    phase the rounds' generator labels."""
+    labels = _to_device(run, torch.cat([real_c, gen_c.to(real_c.dtype)]))
+    real_c, gen_c = labels.split([len(real_c), len(gen_c)])
+    img = (_to_device(run, img).to(torch.float32) / 127.5 - 1).split(run.batch_gpu)
+    gen_cs = [chunk.split(run.batch_gpu) for chunk in gen_c.split(run.batch_size)]
+    return img, real_c.split(run.batch_gpu), gen_cs
 
 
 def training_step(run, model, counters, training_set, data_iter):
     """One iteration: the phases due at batch_idx, EMA, counters, ADA. Returns a StepInfo."""
     step_nimg = counters.cur_nimg
     _step_seed(run.random_seed, run.rank, step_nimg)
-    reals, real_cs = _fetch_reals(run, data_iter)
-    all_z, all_c = _draw_latents(run, training_set, len(model.phases), model.G.z_dim)
+    img, real_c = _fetch_reals(data_iter)
+    all_z = _draw_latents(run, len(model.phases), model.G.z_dim)
+    gen_c = _draw_labels(training_set, len(model.phases) * run.batch_size)
+    reals, real_cs, all_c = _upload_batch(run, img, real_c, gen_c)
     for opt in model.opts.values():
         opt.set_lr(step_nimg)
     ran = []
@@ -166,7 +185,8 @@ def training_step(run, model, counters, training_set, data_iter):
         if counters.batch_idx % phase.interval == 0:
             module = model.G if phase.net == 'G' else model.D
             phase_lib.run_phase(phase, module, model.opts[phase.net], model.loss,
-                                list(zip(reals, real_cs, gen_zs, gen_cs)), model.timer)
+                                list(zip(reals, real_cs, gen_zs, gen_cs)), model.timer,
+                                model.averagers.get(phase.net))
             ran.append(phase.name)
     model.ema.update(step_nimg, run.batch_size)
     counters.cur_nimg += run.batch_size
