@@ -369,16 +369,38 @@ def _draw_curve(ax, curve):
 # ----------------------------------------------------------------------------
 
 
-def verdict(legible_after, legible_reals, count):
-    """One honest line on what the transferred network's images show."""
+def _colour_scheme(img):
+    """An image's stroke and background colour: the mean RGB of its brightest quarter and darkest half."""
+    pixels = img.reshape(-1, 3).astype(np.float64)
+    order = np.argsort(pixels.sum(axis=1))
+    return np.concatenate([pixels[order[-len(order) // 4:]].mean(axis=0), pixels[order[:len(order) // 2]].mean(axis=0)])
+
+
+def colour_gap(images, reals):
+    """How far the colours of `images` are from those of `reals`, in 0-255 levels: for each image, the
+    distance of its stroke and background colours to the nearest real image's, averaged."""
+    ours = np.stack([_colour_scheme(img) for img in images])
+    theirs = np.stack([_colour_scheme(img) for img in reals])
+    return float(np.linalg.norm(ours[:, None] - theirs[None], axis=2).min(axis=1).mean() / np.sqrt(2))
+
+
+def verdict(legible_after, legible_reals, count, gap_before, gap_after):
+    """One honest line on what the transferred network's images show.
+
+    Args:
+        legible_after, legible_reals: how many of `count` transferred images and reals read as digits.
+        gap_before, gap_after: colour_gap() of the pretrained and the transferred images to the reals.
+    """
+    colours = (f'it took on the mix\'s colours (colour gap to the reals {gap_before:.0f} -> {gap_after:.0f} levels)'
+               if gap_after < 0.5 * gap_before else
+               f'its colours did not move much towards the mix\'s (colour gap {gap_before:.0f} -> {gap_after:.0f})')
+    more = 'more kimg would help (PRETRAIN_KIMG and KIMG in scripts/demo.py).'
     if legible_after >= 0.5 * legible_reals:
-        return 'the transferred network draws legible digits in the mix\'s colours: training learned something.'
+        return f'the transferred network draws legible digits and {colours}: training learned something.'
     if legible_after > 0:
-        return (f'partly learned: {legible_after} of {count} images read as digits. In this budget the network '
-                f'learns the mix\'s colours and digit-like strokes, not yet varied, legible digits; more kimg '
-                f'would help (PRETRAIN_KIMG and KIMG in scripts/demo.py).')
-    return ('honest note: within this budget the generated digits are NOT legible yet; more kimg would help '
-            '(PRETRAIN_KIMG and KIMG in scripts/demo.py).')
+        return (f'partly learned: {colours}, but only {legible_after} of {count} images read as digits; '
+                f'varied, legible digits take longer than this budget: {more}')
+    return f'honest note: {colours}, but within this budget the digits are NOT legible yet; {more}'
 
 
 def _fid_text(points):
@@ -403,7 +425,8 @@ def summarise(out, data, run_dir, grids):
     scores = {name: legible(images) for name, images in [('reals', reals)] + list(tiles.items())}
     say(f'legible digits (near sklearn\'s own, unambiguous) out of {count}: ' +
         ', '.join(f'{name} {n} (digits {"".join(map(str, seen)) or "none"})' for name, (n, seen) in scores.items()))
-    say(verdict(scores['transferred'][0], scores['reals'][0], count))
+    gaps = {name: colour_gap(tiles[name], reals) for name in ('pretrained', 'transferred')}
+    say(verdict(scores['transferred'][0], scores['reals'][0], count, gaps['pretrained'], gaps['transferred']))
     return picture
 
 

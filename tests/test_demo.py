@@ -86,9 +86,22 @@ def test_legible_tells_digits_from_noise_and_blobs():
 
 
 def test_verdict_is_honest():
-    assert 'learned something' in demo.verdict(20, 24, 24)
-    assert demo.verdict(4, 24, 24).startswith('partly learned: 4 of 24')
-    assert 'NOT legible' in demo.verdict(0, 24, 24)
+    assert 'learned something' in demo.verdict(20, 24, 24, 60, 10)
+    partly = demo.verdict(4, 24, 24, 60, 10)
+    assert partly.startswith('partly learned: it took on the mix') and 'only 4 of 24' in partly
+    assert 'did not move' in demo.verdict(4, 24, 24, 60, 40)  # a colour claim only when the gap halved
+    assert 'NOT legible' in demo.verdict(0, 24, 24, 60, 10)
+
+
+def test_colour_gap_tells_the_mix_colours_from_others():
+    digits, _ = demo._digits()
+    rng = np.random.default_rng(0)
+    def rendered(tint, background, n=20, offset=0):
+        return [np.asarray(demo._render(d, 16, tint, background, rng, 2)) for d in digits[offset:offset + n]]
+    warm, other_warm = rendered([240, 160, 60], [30, 25, 60]), rendered([240, 160, 60], [30, 25, 60], offset=20)
+    cool = rendered([80, 180, 240], [90, 90, 90])
+    assert demo.colour_gap(warm, warm) == 0
+    assert demo.colour_gap(other_warm, warm) < 10 < demo.colour_gap(cool, warm)
 
 
 def _fake_run(tmp_path):
