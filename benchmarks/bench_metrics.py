@@ -1,9 +1,14 @@
 """Throughput of the metric pipeline: generation, feature extraction, and one whole metric.
 
 Prints images/second for
-  - generation + uint8 quantisation with our batching (whole detector batch per G call) against the
-    upstream baseline of 4 images per G call, measured in the same run (the ratio is the speed-up);
+  - generation + uint8 quantisation with our batching (metric_utils.choose_batch_gen images per G call)
+    against the upstream baseline of 4 images per G call, measured in the same run (the ratio is the
+    speed-up);
   - detector feature extraction (resize to 299 + Inception) on uint8 images;
+  - the generated-image feature loop (generation + detector + float64 statistics) as the metrics run
+    it, compute_feature_stats_for_generator (big G calls, overlapped with the detector on CUDA, no host
+    sync per batch), against an upstream-style loop in the same run (4 images per G call, features
+    copied to the host and summed there after every detector batch), over --loop-images images;
   - FID's bootstrap interval on --num-gen synthetic 2048-d features, against the time the detector
     needs to extract that many features (the ratio is the interval's extra cost);
 and the total time of one metric (default fid50k_full) at the given resolution and --num-gen,
@@ -66,16 +71,57 @@ def _make_real_zip(path, n, resolution):
                 Image.fromarray(img).save(f, format='PNG')
 
 
+def _baseline_feature_loop(G, det, num_images, batch, device):
+    """Upstream-style loop: 4 images per G call, features to the host after each detector batch, host float64 sums."""
+    raw_mean = raw_cov = None
+    with torch.no_grad():
+        for start in range(0, num_images, batch):
+            k = min(batch, num_images - start)
+            images = [metric_utils.quantize_images(G(torch.randn([4, G.z_dim], device=device),
+                                                     torch.zeros([4, G.c_dim], device=device)))
+                      for _ in range(-(-k // 4))]
+            feats = det.features(torch.cat(images)[:k]).cpu().numpy().astype(np.float64)  # the per-batch sync
+            raw_mean = feats.sum(axis=0) if raw_mean is None else raw_mean + feats.sum(axis=0)
+            raw_cov = feats.T @ feats if raw_cov is None else raw_cov + feats.T @ feats
+    return raw_mean, raw_cov
+
+
+def _timed(fn, device):
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _bench_feature_loop(G, det, num_images, batch, device, dataset_kwargs):
+    """The metrics' generated-feature loop against the upstream-style loop, same images count, same run."""
+    opts = metric_utils.MetricOptions(G=G, dataset_kwargs=dataset_kwargs, device=device, detector=det,
+                                      batch_size=batch)
+    batch_gen = metric_utils.choose_batch_gen(G, device, batch)
+
+    def ours(n):
+        return lambda: metric_utils.compute_feature_stats_for_generator(opts, det, max_items=n, capture_mean_cov=True)
+    ours(min(num_images, batch_gen))()                     # warm-up (cudnn autotune of the big G calls)
+    _baseline_feature_loop(G, det, min(num_images, batch), batch, device)
+    new_s = _timed(ours(num_images), device)
+    base_s = _timed(lambda: _baseline_feature_loop(G, det, num_images, batch, device), device)
+    print(f'feature loop    {num_images / new_s:9.1f} img/s (batch_gen={batch_gen}, overlapped={device.type == "cuda"})'
+          f'   baseline {num_images / base_s:9.1f} img/s (batch_gen=4, host copy per batch)'
+          f'   ratio {base_s / new_s:5.2f}x')
+
+
 def _bench_bootstrap(num_gen, feats_per_s, device):
     """Time fid_uncertainty on num_gen synthetic features; compare with extracting them."""
     rng = np.random.default_rng(0)
     d = 2048
     gen = torch.from_numpy(rng.standard_normal((num_gen, d), dtype=np.float32)).to(device)
     a = rng.standard_normal((d, d))
-    mu_r, sigma_r = rng.standard_normal(d), a @ a.T / d
+    mu_r, sigma_r = rng.standard_normal(d), torch.from_numpy(a @ a.T / d).to(device)
+    factor = frechet_inception_distance.psd_factor(sigma_r)  # the point value's, reused as in the metric
     _sync(device)
     start = time.perf_counter()
-    frechet_inception_distance.fid_uncertainty(0.0, gen, mu_r, sigma_r)
+    frechet_inception_distance.fid_uncertainty(0.0, gen, mu_r, sigma_r, factor_real=factor)
     _sync(device)
     elapsed = time.perf_counter() - start
     extract = num_gen / feats_per_s
@@ -94,7 +140,9 @@ def _bench_bootstrap(num_gen, feats_per_s, device):
 @click.option('--detector', default='auto', show_default=True)
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
 @click.option('--repeats', type=int, default=3, show_default=True)
-def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector, device, repeats):
+@click.option('--loop-images', type=int, default=512, show_default=True,
+              help='Images for the feature-loop comparison (at most --num-gen)')
+def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector, device, repeats, loop_images):
     """Benchmark the metric pipeline."""
     device = torch.device('cuda' if device == 'auto' and torch.cuda.is_available() else
                           'cpu' if device == 'auto' else device)
@@ -104,19 +152,21 @@ def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector,
     G = _make_generator(network, resolution, cbase, device)
     resolution = G.img_resolution
     det = resolve_detector(detector, device=device)
-    print(f'device {device}; detector {det.name} sha256 {det.sha256[:16]}...; resolution {resolution}; batch {batch}')
+    batch_gen = metric_utils.choose_batch_gen(G, device, batch)
+    print(f'device {device}; detector {det.name} sha256 {det.sha256[:16]}...; resolution {resolution}; batch {batch}; '
+          f'batch_gen {batch_gen}')
 
-    # Generation: our batching vs upstream's 4 images per G call.
-    def generate(batch_gen):
+    # Generation: our batching vs upstream's 4 images per G call, batch_gen images either way.
+    def generate(per_call):
         def run():
             with torch.no_grad():
-                for _ in range(batch // batch_gen):
-                    z = torch.randn([batch_gen, G.z_dim], device=device)
-                    metric_utils.quantize_images(G(z, torch.zeros([batch_gen, G.c_dim], device=device)))
+                for _ in range(batch_gen // per_call):
+                    z = torch.randn([per_call, G.z_dim], device=device)
+                    metric_utils.quantize_images(G(z, torch.zeros([per_call, G.c_dim], device=device)))
         return run
-    ours = _rate(generate(batch), batch, device, repeats)
-    base = _rate(generate(min(4, batch)), batch, device, repeats)
-    print(f'generation      {ours:9.1f} img/s (batch_gen={batch})   baseline {base:9.1f} img/s (batch_gen=4)'
+    ours = _rate(generate(batch_gen), batch_gen, device, repeats)
+    base = _rate(generate(min(4, batch_gen)), batch_gen, device, repeats)
+    print(f'generation      {ours:9.1f} img/s (batch_gen={batch_gen})   baseline {base:9.1f} img/s (batch_gen=4)'
           f'   ratio {ours / base:5.2f}x')
 
     # Feature extraction.
@@ -125,11 +175,12 @@ def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector,
     print(f'features        {feats:9.1f} img/s')
     _bench_bootstrap(num_gen, feats, device)
 
-    # One whole metric (cache off so the real statistics are timed too).
+    # The feature loop, then one whole metric (cache off so the real statistics are timed too).
     with tempfile.TemporaryDirectory() as tmp:
         zip_path = os.path.join(tmp, 'reals.zip')
         _make_real_zip(zip_path, num_real, resolution)
         kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=zip_path, resolution=resolution)
+        _bench_feature_loop(G, det, min(loop_images, num_gen), batch, device, kwargs)
         start = time.perf_counter()
         res = metric_main.calc_metric(metric, G, kwargs, device=device, detector=det, num_gen=num_gen,
                                       cache=False, progress=True)

@@ -10,7 +10,9 @@ share an overall budget; a step that does not fit is recorded as skipped, never 
   ops                 benchmarks/bench_ops.py: reference vs CUDA kernel ms and ratio per op and shape;
   fid                 benchmarks/bench_metrics.py at 512 with --num-gen 5000 fakes and 1000 reals; the
                       50k-image time is estimated as total_s * 50000 / 5000 (an upper bound: it also
-                      counts the reals, the set-up and the detector load).
+                      counts the reals, the set-up and the detector load); also the generated-feature
+                      loop's img/s against an upstream-style loop (4 images per G call, a host copy per
+                      batch) over 512 images, and their ratio.
 --cpu-smoke runs the same steps at tiny sizes on the CPU (a few minutes), so the script cannot rot.
 
     bash benchmarks/gpu_check.sh [--out gpu_check.json] [--cpu-smoke]
@@ -124,11 +126,15 @@ def _parse_fid(out, _scratch):
     total, num_gen = float(m.group(2)), int(m.group(4))
     gen = re.search(r'^generation\s+([0-9.]+) img/s.*ratio\s+([0-9.]+)x', out, re.M)
     feats = re.search(r'^features\s+([0-9.]+) img/s', out, re.M)
+    loop = re.search(r'^feature loop\s+([0-9.]+) img/s.*baseline\s+([0-9.]+) img/s.*ratio\s+([0-9.]+)x', out, re.M)
     return dict(metric=m.group(1), total_s=total, num_real=int(m.group(3)), num_gen=num_gen,
                 results=m.group(5), fid50k_full_estimate_s=total * FID_FULL / num_gen,
                 generation_img_s=float(gen.group(1)) if gen else None,
                 generation_ratio_vs_batch4=float(gen.group(2)) if gen else None,
-                detector_img_s=float(feats.group(1)) if feats else None)
+                detector_img_s=float(feats.group(1)) if feats else None,
+                feature_loop_img_s=float(loop.group(1)) if loop else None,
+                feature_loop_baseline_img_s=float(loop.group(2)) if loop else None,
+                feature_loop_ratio=float(loop.group(3)) if loop else None)
 
 
 PARSERS = dict(gpu_tests=_parse_gpu_tests, train_b32_bg32=_parse_train, train_b64_bg8=_parse_train, ops=_parse_ops,

@@ -20,6 +20,7 @@ the file whose sha256 is the one published for NVIDIA's inception-2015-12-05.pt;
 file (whatever its name or cache path) is recorded as ``inception at <path>, sha256 <hex>, unverified``.
 """
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -51,6 +52,7 @@ _detector_cache = {}   # (path, device) -> Detector
 _announced = set()     # messages already printed once per process
 _sha_cache = {}        # path -> sha256
 _auto_choice = None    # (path, name) chosen by 'auto', once per process
+_theta_cache = {}      # (in_h, in_w, out_h, out_w, device) -> [1, 2, 3] float32 affine matrix
 
 # ----------------------------------------------------------------------------
 # The front end that NVIDIA's detector applies before the Inception layers.
@@ -77,11 +79,21 @@ def tf1_resize_bilinear(x: torch.Tensor, size=(INCEPTION_SIZE, INCEPTION_SIZE)) 
     n, c, h, w = x.shape
     out_h, out_w = size
     x = x.to(torch.float32)
-    theta = torch.tensor([[1.0, 0.0, 1.0 / w - 1.0 / out_w],
-                          [0.0, 1.0, 1.0 / h - 1.0 / out_h]], dtype=torch.float32, device=x.device)
-    theta = theta.unsqueeze(0).expand(n, 2, 3)
+    theta = _resize_theta(h, w, out_h, out_w, x.device).expand(n, 2, 3)
     grid = torch.nn.functional.affine_grid(theta, [n, c, out_h, out_w], align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+
+def _resize_theta(h, w, out_h, out_w, device) -> torch.Tensor:
+    """The [1, 2, 3] affine matrix of tf1_resize_bilinear, built from host values once per shape and device.
+
+    (Building it per call would be a host-to-device copy, and a stream sync on CUDA, for every batch.)
+    """
+    key = (h, w, out_h, out_w, str(device))
+    if key not in _theta_cache:
+        _theta_cache[key] = torch.tensor([[[1.0, 0.0, 1.0 / w - 1.0 / out_w],
+                                           [0.0, 1.0, 1.0 / h - 1.0 / out_h]]], dtype=torch.float32, device=device)
+    return _theta_cache[key]
 
 
 def tf1_resize_bilinear_reference(x: torch.Tensor, size) -> torch.Tensor:
@@ -119,6 +131,22 @@ def to_three_channels(images: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------
 # Detector wrapper.
+
+
+@contextlib.contextmanager
+def full_fp32_math():
+    """TF32 off for matmuls and convolutions inside the block (upstream's detector math), restored after.
+
+    The flags are read when a kernel is launched, so work launched outside the block (the generator on
+    another stream, say) keeps the caller's setting.
+    """
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 class DetectorUnavailable(RuntimeError):
@@ -162,12 +190,13 @@ class Detector:
         """
         assert images.dtype == torch.uint8, f'the detector takes uint8 images, got {images.dtype}'
         x = to_three_channels(images.to(self.device))
-        if self.kind == 'nvidia':
-            feats = self.module(x, return_features=True)
-        else:
-            x = tf1_resize_bilinear(x, (INCEPTION_SIZE, INCEPTION_SIZE))
-            x = (x - 128) / 128  # NVIDIA's input normalisation (anchor B1), not 2x/255 - 1
-            feats = self.module(x)
+        with full_fp32_math():
+            if self.kind == 'nvidia':
+                feats = self.module(x, return_features=True)
+            else:
+                x = tf1_resize_bilinear(x, (INCEPTION_SIZE, INCEPTION_SIZE))
+                x = (x - 128) / 128  # NVIDIA's input normalisation (anchor B1), not 2x/255 - 1
+                feats = self.module(x)
         feats = feats.to(torch.float32)
         assert feats.ndim == 2 and feats.shape[0] == images.shape[0], f'unexpected features {list(feats.shape)}'
         return feats
@@ -179,7 +208,8 @@ class Detector:
             raise DetectorUnavailable(f'detector {self.name} has no classifier head; the Inception Score needs '
                                f'NVIDIA\'s inception-2015-12-05.pt (--detector nvidia or a path to it)')
         x = to_three_channels(images.to(self.device))
-        return self.module(x, no_output_bias=True).to(torch.float32)
+        with full_fp32_math():
+            return self.module(x, no_output_bias=True).to(torch.float32)
 
 
 def file_sha256(path) -> str:

@@ -8,6 +8,8 @@ Upstream semantics kept:
 - features gathered across ranks are interleaved in item order.
 Changes: the real-statistics cache is keyed by the detector's sha256, the statistics
 options, the item count and the dataset's content_hash() (not its path), and stored as .npz.
+Statistics and kept features stay on the device (no host read per batch); the generator runs in big
+calls fed by a LatentStream (values independent of the call size), overlapped with the detector on CUDA.
 """
 
 import copy
@@ -134,11 +136,14 @@ class Progress:
 # Feature statistics.
 
 
+DEVICE_STORE_MAX_BYTES = 4 << 30   # kept rows beyond this size wait in pinned host memory, not on the GPU
+
+
 class FeatureStats:
-    """Running statistics of feature vectors.
+    """Running statistics of feature vectors, kept on the features' device (no host transfer per batch).
 
     Args:
-        capture_all: keep every feature row (float32), for KID/PR/IS.
+        capture_all: keep every feature row (float32), for KID/PR/IS and FID's bootstrap.
         capture_mean_cov: accumulate float64 sum x and sum x^T x, for FID.
         max_items: stop accepting rows after this many (None = unlimited).
     """
@@ -149,15 +154,17 @@ class FeatureStats:
         self.max_items = max_items
         self.num_items = 0
         self.num_features = None
-        self.all_features = []    # list of float32 [n, D] numpy arrays
         self.raw_mean = None      # float64 [D] torch tensor: sum of x
         self.raw_cov = None       # float64 [D, D] torch tensor: sum of x^T x
+        self._rows = None         # float32 [max_items, D] row store (with max_items)
+        self._chunks = []         # float32 row batches (without max_items)
+        self._pending_copy = None  # CUDA device whose async copies into a pinned host store are in flight
 
     def is_full(self) -> bool:
         return self.max_items is not None and self.num_items >= self.max_items
 
     def append_torch(self, x: torch.Tensor):
-        """Add rows [N, D] (any device); rows beyond max_items are dropped."""
+        """Add rows [N, D] (any device; kept there); rows beyond max_items are dropped. Never syncs."""
         assert x.ndim == 2, f'expected [N, D], got {list(x.shape)}'
         if self.num_features is None:
             self.num_features = x.shape[1]
@@ -166,38 +173,57 @@ class FeatureStats:
             x = x[:max(self.max_items - self.num_items, 0)]
         if x.shape[0] == 0:
             return
-        self.num_items += x.shape[0]
         if self.capture_all:
-            self.all_features.append(x.to(torch.float32).cpu().numpy())
+            self._keep_rows(x)
+        self.num_items += x.shape[0]
         if self.capture_mean_cov:
             x64 = x.to(torch.float64)  # on the device: float64 GEMM is cheap on GPUs, exact enough on CPUs
             if self.raw_mean is None:
                 self.raw_mean = torch.zeros(self.num_features, dtype=torch.float64, device=x.device)
                 self.raw_cov = torch.zeros(self.num_features, self.num_features, dtype=torch.float64, device=x.device)
             self.raw_mean += x64.sum(dim=0)
-            self.raw_cov += x64.T @ x64
+            self.raw_cov += x64.T @ x64  # (not addmm_: the separate sum keeps upstream's rounding)
+
+    def _keep_rows(self, x):
+        if self.max_items is None:
+            self._chunks.append(x.to(torch.float32, copy=True))
+            return
+        if self._rows is None:
+            self._rows = _row_store(self.max_items, x)
+        if self._rows.device != x.device:
+            self._pending_copy = x.device  # a non-blocking copy into pinned memory: wait before reading
+        self._rows[self.num_items:self.num_items + x.shape[0]].copy_(x, non_blocking=True)
 
     def append(self, x):
         """Add rows from a numpy array [N, D]."""
         self.append_torch(torch.as_tensor(np.asarray(x, dtype=np.float32)))
 
-    def get_all(self) -> np.ndarray:
-        """All captured rows as float32 [N, D]."""
-        assert self.capture_all
-        if not self.all_features:
-            return np.zeros([0, self.num_features or 0], np.float32)
-        return np.concatenate(self.all_features, axis=0)
-
     def get_all_torch(self) -> torch.Tensor:
-        return torch.from_numpy(self.get_all())
+        """All captured rows as float32 [N, D], where they are kept (the device, or host for huge sets)."""
+        assert self.capture_all
+        if self._pending_copy is not None:
+            torch.cuda.synchronize(self._pending_copy)
+            self._pending_copy = None
+        if self._rows is not None:
+            return self._rows[:self.num_items]
+        if not self._chunks:
+            return torch.zeros([0, self.num_features or 0], dtype=torch.float32)
+        return torch.cat(self._chunks)
+
+    def get_all(self) -> np.ndarray:
+        """All captured rows as a float32 numpy array [N, D] (one transfer from the device)."""
+        return self.get_all_torch().cpu().numpy()
+
+    def get_mean_cov_torch(self):
+        """(mean [D], covariance [D, D]) as float64 tensors on the statistics' device; divides by N (upstream)."""
+        assert self.capture_mean_cov and self.num_items > 0, 'no statistics captured'
+        mean = self.raw_mean / self.num_items
+        return mean, self.raw_cov / self.num_items - torch.outer(mean, mean)
 
     def get_mean_cov(self):
-        """(mean [D], covariance [D, D]) in float64; covariance divides by N (upstream's definition)."""
-        assert self.capture_mean_cov and self.num_items > 0, 'no statistics captured'
-        n = self.num_items
-        mean = (self.raw_mean / n).cpu().numpy()
-        cov = (self.raw_cov / n).cpu().numpy() - np.outer(mean, mean)
-        return mean, cov
+        """(mean [D], covariance [D, D]) as float64 numpy arrays (get_mean_cov_torch, on the host)."""
+        mean, cov = self.get_mean_cov_torch()
+        return mean.cpu().numpy(), cov.cpu().numpy()
 
     # Serialisation: plain numpy arrays in an .npz (loaded with allow_pickle=False, so a cache file can
     # never execute code).
@@ -227,11 +253,19 @@ class FeatureStats:
             obj.num_items = int(data['num_items'])
             obj.num_features = int(data['num_features'])
             if obj.capture_all:
-                obj.all_features = [data['all_features']]
+                obj._rows = torch.from_numpy(data['all_features'])
             if obj.capture_mean_cov:
                 obj.raw_mean = torch.from_numpy(data['raw_mean'])
                 obj.raw_cov = torch.from_numpy(data['raw_cov'])
         return obj
+
+
+def _row_store(max_items, x) -> torch.Tensor:
+    """Preallocated float32 [max_items, D] store for rows like x: on x's device unless it would be huge."""
+    shape = [max_items, x.shape[1]]
+    if x.device.type != 'cuda' or max_items * x.shape[1] * 4 <= DEVICE_STORE_MAX_BYTES:
+        return torch.empty(shape, dtype=torch.float32, device=x.device)
+    return torch.empty(shape, dtype=torch.float32, pin_memory=True)  # filled by async copies, read once
 
 # ----------------------------------------------------------------------------
 # Multi-process helpers (no-ops in a single process).
@@ -294,7 +328,8 @@ def _close(dataset):
 
 
 def _image_batch_to_uint8(images) -> torch.Tensor:
-    images = torch.as_tensor(images)
+    if not isinstance(images, torch.Tensor):  # (the default collate already gives a tensor: no extra call)
+        images = torch.as_tensor(images)
     assert images.dtype == torch.uint8, f'the dataset must yield uint8 images, got {images.dtype}'
     return images
 
@@ -363,55 +398,187 @@ def quantize_images(img: torch.Tensor) -> torch.Tensor:
     return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
-def _label_sampler(opts, dataset, rng):
-    """Function n -> [n, c_dim] float tensor of labels of random dataset items (upstream's sampling)."""
-    def sample(n):
-        idx = rng.integers(len(dataset), size=n)
-        labels = np.stack([dataset.get_label(int(i)) for i in idx]).astype(np.float32)
-        return torch.from_numpy(labels).to(opts.device)
-    return sample
+LATENT_CHUNK = 64               # z and labels are drawn this many rows at a time, whatever the batch sizes
+MAX_BATCH_GEN = 1024            # images per G call, at most
+GEN_PIXELS_PER_CALL = 1 << 26   # ~256 images of 512x512 per G call: enough work to fill a large GPU
+GEN_BYTES_PER_PIXEL = 256       # rough peak memory of G per output pixel (fp16/fp32 activations, FIR padding)
+GEN_MEMORY_FRACTION = 0.4       # of the free GPU memory, for one G call (the detector and a queued batch need room)
+
+
+def choose_batch_gen(G, device, batch_size) -> int:
+    """Images per generator call: the detector batch on CPUs; on CUDA, a pixel budget capped by free memory.
+
+    Args:
+        G: the generator (its img_resolution sets the per-image cost).
+        device: torch device the metric runs on.
+        batch_size: images per detector call; the result is a multiple of it.
+
+    Returns:
+        batch_gen, a positive multiple of batch_size.
+    """
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return batch_size  # CPUs gain nothing from huge calls; this keeps today's G calls (and values)
+    pixels = getattr(G, 'img_resolution', 256) ** 2
+    free_bytes, _total = torch.cuda.mem_get_info(device)
+    n = min(GEN_PIXELS_PER_CALL // pixels, int(free_bytes * GEN_MEMORY_FRACTION) // (GEN_BYTES_PER_PIXEL * pixels),
+            MAX_BATCH_GEN)
+    return max(batch_size, n // batch_size * batch_size)
+
+
+def _chunk_sizes(total, chunk):
+    """[chunk, chunk, ..., remainder]: sizes that add up to total."""
+    return [min(chunk, total - start) for start in range(0, total, chunk)]
+
+
+def _draw_labels(opts, G, total) -> torch.Tensor:
+    """[total, c_dim] labels of random dataset items (upstream's sampling), on the device in one transfer.
+
+    Items are drawn LATENT_CHUNK at a time from the (seed, rank)-seeded numpy generator, as the G calls
+    of 64 images used to draw them, so seeded runs keep their labels.
+    """
+    c_dim = getattr(G, 'c_dim', 0)
+    if c_dim == 0:
+        return torch.zeros([total, 0], device=opts.device)
+    dataset = construct_dataset(opts.dataset_kwargs)
+    rng = opts.numpy_rng(salt=2)
+    idx = np.concatenate([rng.integers(len(dataset), size=k) for k in _chunk_sizes(total, LATENT_CHUNK)])
+    labels = np.stack([dataset.get_label(int(i)) for i in idx]).astype(np.float32)
+    _close(dataset)
+    return torch.from_numpy(labels).to(opts.device)
+
+
+class LatentStream:
+    """The (z, c) rows one rank feeds its generator, independent of how they are batched.
+
+    z is drawn in fixed chunks of LATENT_CHUNK rows from the metric's seeded generator (or the global
+    RNG without a seed) and handed out in any batch size, so batch_gen changes G's calls but not its
+    inputs. Labels are drawn up front (one host-to-device copy). Nothing here reads the device.
+
+    Args:
+        opts: MetricOptions (device, seed, dataset for labels).
+        G: the generator (z_dim, c_dim).
+        total: rows this rank will take.
+    """
+
+    def __init__(self, opts, G, total):
+        self.z_dim, self.device, self.total = G.z_dim, opts.device, total
+        self.generator = opts.torch_generator(salt=1)
+        self.labels = _draw_labels(opts, G, total)
+        self.drawn = self.served = 0
+        self._spare = None  # drawn z rows not handed out yet
+
+    def _next_chunk(self):
+        k = min(LATENT_CHUNK, self.total - self.drawn)
+        assert k > 0, 'the latent stream is exhausted'
+        self.drawn += k
+        return torch.randn([k, self.z_dim], device=self.device, generator=self.generator)
+
+    def take(self, k):
+        """The next k rows as (z [k, z_dim], c [k, c_dim])."""
+        parts, need = [], k
+        while need > 0:
+            chunk = self._spare if self._spare is not None else self._next_chunk()
+            parts.append(chunk[:need])
+            self._spare = chunk[need:] if chunk.shape[0] > need else None
+            need -= parts[-1].shape[0]
+        c = self.labels[self.served:self.served + k]
+        self.served += k
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), c
+
+
+class SideStream:
+    """Work launched on a CUDA side stream and handed to the current stream when it is used.
+
+    The producer runs ahead on `side`; the consumer's stream waits for it before each use, and each
+    handed-over tensor is recorded on the consumer's stream so the caching allocator does not give its
+    memory to the producer while the consumer still reads it.
+    """
+
+    def __init__(self, device):
+        self.main = torch.cuda.current_stream(device)
+        self.side = torch.cuda.Stream(device)
+        self.side.wait_stream(self.main)  # G's weights and the labels were written on the main stream
+
+    def launch(self, fn):
+        with torch.cuda.stream(self.side):
+            return fn()
+
+    def hand_over(self, t):
+        self.main.wait_stream(self.side)
+        t.record_stream(self.main)
+        return t
+
+
+def overlapped(make, sizes, streams=None):
+    """Yield make(k) for k in sizes; with `streams` (a SideStream), batch i+1 is launched before batch i is yielded.
+
+    Args:
+        make: function k -> tensor (a batch of k images).
+        sizes: batch sizes, in order.
+        streams: None (plain loop: CPUs, meta) or a SideStream-like object with launch(fn) and hand_over(t).
+
+    Yields:
+        The batches, in order, ready on the caller's stream.
+    """
+    if streams is None:
+        for k in sizes:
+            yield make(k)
+        return
+    pending = streams.launch(lambda: make(sizes[0])) if sizes else None
+    for i in range(len(sizes)):
+        ready = streams.hand_over(pending)
+        # Queue the next batch before the caller queues its work on this one: the two then overlap.
+        pending = streams.launch(lambda k=sizes[i + 1]: make(k)) if i + 1 < len(sizes) else None
+        yield ready
+
+
+def _generate_uint8(G, latents, k, G_kwargs):
+    z, c = latents.take(k)
+    return quantize_images(G(z=z, c=c, **G_kwargs))
 
 
 def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=None, batch_gen=None,
                                         use_probabilities=False, **stats_kwargs) -> FeatureStats:
-    """Features of `max_items` generated images.
+    """Features of `max_items` generated images, accumulated on the device with no host sync per batch.
 
-    G runs without autograd on the device with `batch_gen` images per call (default: the whole
-    detector batch, 64; upstream used 4, which leaves a large GPU mostly idle). Labels of conditional generators are
-    those of random dataset items, as upstream.
+    G runs without autograd with `batch_gen` images per call (default choose_batch_gen: the detector
+    batch on CPUs, hundreds of images on a large GPU; upstream used 4). Its inputs come from a
+    LatentStream, so they do not depend on batch_gen. The detector sees batches of `batch_size` in
+    the same order whatever batch_gen is. On CUDA the next G call runs on a side stream while the
+    detector works on the current one. Labels of conditional generators are those of random dataset
+    items, as upstream.
+
+    Args:
+        opts: MetricOptions (opts.G is the generator).
+        detector: Detector (features, or probabilities when use_probabilities).
+        max_items: number of generated images (over all ranks).
+        batch_size: images per detector call per rank (default opts.batch_size).
+        batch_gen: images per G call, rounded up to a multiple of batch_size (default choose_batch_gen).
+        use_probabilities: collect detector.probabilities (the Inception Score) instead of features.
+        **stats_kwargs: FeatureStats flags (capture_all / capture_mean_cov).
 
     Returns:
-        FeatureStats over max_items generated images (identical on every rank).
+        FeatureStats over max_items generated images (identical on every rank), on the device.
     """
     assert max_items is not None and max_items > 0, 'the number of generated images must be positive'
-    batch_size = batch_size or opts.batch_size
-    batch_gen = batch_gen or batch_size
     G = opts.G
     assert G is not None, 'no generator given'
-
-    c_dim = getattr(G, 'c_dim', 0)
-    z_gen = opts.torch_generator(salt=1)
-    if c_dim > 0:
-        dataset = construct_dataset(opts.dataset_kwargs)
-        sample_labels = _label_sampler(opts, dataset, opts.numpy_rng(salt=2))
-    else:
-        sample_labels = lambda n: torch.zeros([n, 0], device=opts.device)  # noqa: E731
+    batch_size = batch_size or opts.batch_size
+    batch_gen = -(-(batch_gen or choose_batch_gen(G, opts.device, batch_size)) // batch_size) * batch_size
+    total = -(-max_items // opts.num_gpus)  # per rank; the surplus of the last gathered batch is dropped
+    latents = LatentStream(opts, G, total)
+    streams = SideStream(opts.device) if opts.device.type == 'cuda' else None
+    extract = detector.probabilities if use_probabilities else detector.features
 
     stats = FeatureStats(max_items=max_items, **stats_kwargs)
     progress = Progress(opts, 'generated features', max_items)
     with torch.no_grad():  # (not inference_mode: the float64 sums are updated in place later)
-        while not stats.is_full():
-            # The last batch only makes what is still missing (same count on every rank).
-            n = min(batch_size, -(-(max_items - stats.num_items) // opts.num_gpus))
-            images = []
-            for start in range(0, n, batch_gen):
-                k = min(batch_gen, n - start)
-                z = torch.randn([k, G.z_dim], device=opts.device, generator=z_gen)
-                img = G(z=z, c=sample_labels(k), **opts.G_kwargs)
-                images.append(quantize_images(img))
-            images = torch.cat(images)
-            feats = detector.probabilities(images) if use_probabilities else detector.features(images)
-            stats.append_torch(gather_interleaved(feats, opts))
+        batches = overlapped(lambda k: _generate_uint8(G, latents, k, opts.G_kwargs),
+                             _chunk_sizes(total, batch_gen), streams)
+        for images in batches:
+            for part in images.split(batch_size):
+                stats.append_torch(gather_interleaved(extract(part), opts))
             progress.update(stats.num_items)
     progress.close()
     return stats
