@@ -1,4 +1,4 @@
-"""The built-in example: the study's pipeline in miniature, on the CPU, in five to six minutes.
+"""The built-in example: the study's pipeline in miniature, on the CPU, in four to five minutes.
 
     python -m scripts.demo [OUTDIR]        (./demo.sh runs this inside the project's virtual environment)
 
@@ -8,7 +8,8 @@ upscaled, and prints every command before it runs it:
   1. stand-in images: "source domain" digits in every colour (the FFHQ of the demo), a "CelebAMask-HQ"
      folder of warm-coloured digits and a folder of cool-coloured "generated" digits;
   2. dataset_tool.py: the source-domain set, and (celebamask) one real subset and its 20% mix;
-  3. train.py from scratch on the source domain: the network to transfer from;
+  3. train.py from scratch on the source domain: the network to transfer from (and beside it, on the
+     second core, calc_metrics.py on the untrained network, which caches the real set's statistics);
   4. train.py --resume=<that network> on the mix with --lr-schedule=ddclr, snapshots at two kimg
      points and a small-sample FID against the real subset there (and, as upstream, at the start);
   5. scripts.report: the study's tables from the run's metric file;
@@ -37,7 +38,7 @@ NUM_REAL_POOL = 300     # stand-in CelebAMask-HQ images (the real tool expects 3
 NUM_GENERATED_POOL = 60
 SUBSET_SIZE = 100       # the study uses 1000
 NUM_GENERATED = 20      # 20% of the subset, as in the study (200 of 1000)
-PRETRAIN_KIMG = 24
+PRETRAIN_KIMG = 20
 KIMG = 8                # the study trains 100 kimg and evaluates at 40/60/80/100
 SNAP_KIMG = (4, 8)
 METRIC_NUM_GEN = 40     # the study uses 50,000 (fid50k_full)
