@@ -211,21 +211,34 @@ def pretrain(out, data, log):
            f'--kimg={PRETRAIN_KIMG}', '--metrics=none', '--aug=noaug', '--batch=16', '--tick=2',
            f'--snap={PRETRAIN_KIMG}'] + NET
     proc = start(cmd, log, env=one_thread())
-    untrained = _wait_for_untrained_snapshot(pre_runs, proc)
-    fid = None
-    if untrained is not None:
-        say('meanwhile, on the second core: the untrained network\'s FID against the real subset (this also '
-            'caches the real images\' statistics for the transfer\'s evaluations)')
-        fid_cmd = [sys.executable, 'calc_metrics.py', f'--network={untrained}', '--metrics=fid50k_full',
-                   f'--data={data}/CelebAMask-HQ1.zip', f'--num-gen={METRIC_NUM_GEN}', '--device=cpu']
-        fid = (start(fid_cmd, log, env=one_thread(), output=os.path.join(out, 'untrained-fid.log')), fid_cmd)
-    wait(proc, cmd)
+    fid = _start_untrained_fid(out, data, log, pre_runs, proc)
+    try:
+        wait(proc, cmd)
+    except BaseException:
+        if fid is not None:
+            fid[0].terminate()  # the pretraining failed or was interrupted: leave no FID run behind
+        raise
     pre_dir = newest_run_dir(pre_runs)
     if fid is not None:
         wait(*fid)
         say(f'untrained network: FID {fid_points(pre_dir)[-1][1]:.0f} against the real subset '
             f'({METRIC_NUM_GEN} generated images)')
     return pre_dir
+
+
+def _start_untrained_fid(out, data, log, pre_runs, proc):
+    """Start calc_metrics.py on the tick-0 snapshot once the pretraining `proc` has written it.
+
+    Returns (process, command), or None if the pretraining ended without that snapshot.
+    """
+    untrained = _wait_for_untrained_snapshot(pre_runs, proc)
+    if untrained is None:
+        return None
+    say('meanwhile, on the second core: the untrained network\'s FID against the real subset (this also '
+        'caches the real images\' statistics for the transfer\'s evaluations)')
+    cmd = [sys.executable, 'calc_metrics.py', f'--network={untrained}', '--metrics=fid50k_full',
+           f'--data={data}/CelebAMask-HQ1.zip', f'--num-gen={METRIC_NUM_GEN}', '--device=cpu']
+    return start(cmd, log, env=one_thread(), output=os.path.join(out, 'untrained-fid.log')), cmd
 
 
 def _wait_for_untrained_snapshot(pre_runs, proc):

@@ -189,3 +189,18 @@ def test_waiting_for_the_untrained_snapshot(tmp_path):
 def test_fid_text():
     assert demo._fid_text([(0.032, 180.5), (4, 120.0)]) == ', FID 180'
     assert demo._fid_text([]) == ''
+
+
+def test_a_failed_pretraining_stops_the_fid_run_beside_it(tmp_path, monkeypatch):
+    sleeper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+    monkeypatch.setattr(demo, '_start_untrained_fid', lambda *args: (sleeper, ['the FID run']))
+    real_start = demo.start
+    failing = [sys.executable, '-c', 'import sys; sys.exit(2)']
+    monkeypatch.setattr(demo, 'start', lambda cmd, log, env=None, output=None: real_start(failing, log))
+    with open(tmp_path / 'commands.txt', 'w', encoding='utf-8') as log:
+        with pytest.raises(SystemExit, match='exit 2'):
+            demo.pretrain(str(tmp_path), str(tmp_path), log)
+    try:
+        assert sleeper.wait(timeout=60) != 0  # terminated, not left running behind the demo
+    finally:
+        sleeper.kill()
