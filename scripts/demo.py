@@ -192,7 +192,8 @@ def train(out, data, log):
         f'subset ({METRIC_NUM_GEN} generated images) at the start and at {", ".join(map(str, SNAP_KIMG))} kimg')
     # --ema-kimg: after a transfer G_ema has no ramp-up, and auto's 10 kimg half-life would leave it
     # near the pretrained network after 8 kimg. --ada-p-init: ADA's p rises by at most 8/500 in 8 kimg,
-    # too slowly to keep D from memorising 100 images (G then collapses onto a single blob).
+    # too slowly to matter; starting at 0.3 slows D's memorising of the 100 images (G still narrows to
+    # one or two digit shapes in this budget, see the README).
     run([sys.executable, 'train.py', f'--outdir={runs}', f'--data={data}/Mix-dataset1.zip',
          f'--resume={snapshot(pre_dir, PRETRAIN_KIMG)}', '--lr-schedule=ddclr', f'--kimg={KIMG}',
          f'--snap-kimg={",".join(map(str, SNAP_KIMG))}', '--metrics=fid50k_full',
