@@ -70,9 +70,13 @@ def trace_sqrt_product(factor1: torch.Tensor, sigma2: torch.Tensor) -> torch.Ten
     Returns:
         float64 0-d tensor on that device.
     """
-    m = factor1.T @ sigma2 @ factor1
-    m = (m + m.T) / 2
-    return torch.sqrt(torch.clamp(torch.linalg.eigvalsh(m), min=0)).sum()
+    return _sum_sqrt_eigvals(factor1.T @ sigma2 @ factor1)
+
+
+def _sum_sqrt_eigvals(m: torch.Tensor) -> torch.Tensor:
+    """Sum of the square roots of a symmetric PSD matrix's eigenvalues (symmetrised first; the
+    rounding-level negative ones clamped to 0), a 0-d tensor."""
+    return torch.sqrt(torch.clamp(torch.linalg.eigvalsh((m + m.T) / 2), min=0)).sum()
 
 
 def frechet_distance_torch(mu1, sigma1, mu2, sigma2, factor1=None) -> torch.Tensor:
@@ -181,9 +185,7 @@ class _Resampler:
         m = idx.shape[0]
         c = torch.index_select(self.z, 0, idx, out=self._buf[:m])
         c.sub_(self.mean_z[r]).mul_(torch.sqrt(w.index_select(0, idx) / n)[:, None])
-        g = c.T @ c if m >= d else c @ c.T
-        g = (g + g.T) / 2
-        return torch.sqrt(torch.clamp(torch.linalg.eigvalsh(g), min=0)).sum()
+        return _sum_sqrt_eigvals(c.T @ c if m >= d else c @ c.T)
 
 
 def bootstrap_values(gen_features, mu_real, sigma_real, counts, factor_real=None):
