@@ -24,9 +24,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
+from test_augment_counters import _HOST_DATA_FACTORIES
 from training_helpers import ada_kwargs, tiny_loop_kwargs, write_image_zip
 
-_HOST_DATA_FACTORIES = {'tensor', 'as_tensor', 'asarray', 'from_numpy', 'frombuffer'}
 _HOST_READS = {'item', 'tolist', 'numpy', 'cpu', '__float__', '__int__', '__bool__', '__index__', '__complex__',
                'nonzero', 'argwhere', 'unique', 'unique_consecutive', 'masked_select', 'equal', 'allclose',
                'is_nonzero'}
