@@ -42,12 +42,7 @@ def _sync(device):
 
 def _rate(fn, n_images, device, repeats):
     fn()  # warm-up (cudnn autotune, lazy init)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _sync(device)
-    return n_images * repeats / (time.perf_counter() - start)
+    return n_images * repeats / _timed(lambda: [fn() for _ in range(repeats)], device)
 
 
 def _make_generator(network, resolution, cbase, device):
@@ -119,11 +114,8 @@ def _bench_bootstrap(num_gen, feats_per_s, device):
     a = rng.standard_normal((d, d))
     mu_r, sigma_r = rng.standard_normal(d), torch.from_numpy(a @ a.T / d).to(device)
     factor = frechet_inception_distance.psd_factor(sigma_r)  # the point value's, reused as in the metric
-    _sync(device)
-    start = time.perf_counter()
-    frechet_inception_distance.fid_uncertainty(0.0, gen, mu_r, sigma_r, factor_real=factor)
-    _sync(device)
-    elapsed = time.perf_counter() - start
+    elapsed = _timed(lambda: frechet_inception_distance.fid_uncertainty(0.0, gen, mu_r, sigma_r, factor_real=factor),
+                     device)
     extract = num_gen / feats_per_s
     print(f'fid bootstrap   {elapsed:9.2f} s for {num_gen} features x {frechet_inception_distance.BOOTSTRAP_REPLICATES}'
           f' replicates   extraction {extract:9.2f} s   ratio {elapsed / extract:5.3f}x')
