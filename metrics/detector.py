@@ -1,6 +1,6 @@
 """Feature detectors for the metrics: the Inception network behind FID/KID/IS and VGG16 behind PR.
 
-Two sources of the same Inception weights are supported (anchors B1/B5):
+Two sources of the same Inception weights are supported:
 
 - ``nvidia``: NVIDIA's TorchScript ``inception-2015-12-05.pt`` (used by stylegan2-ada-pytorch). It takes
   uint8 NCHW images of any size, resizes them internally and returns pool3 features with
@@ -64,7 +64,7 @@ def tf1_resize_bilinear(x: torch.Tensor, size=(INCEPTION_SIZE, INCEPTION_SIZE)) 
     TF1 maps output pixel i to source coordinate ``i * in / out`` (no half-pixel centres), interpolates
     between the two neighbouring pixels, and clamps at the last row/column. We reproduce it with
     ``grid_sample(align_corners=False, padding_mode='border')`` whose sampling grid is shifted by
-    ``1/in - 1/out`` in normalised coordinates (anchor B1), which makes the sampled position exactly
+    ``1/in - 1/out`` in normalised coordinates, which makes the sampled position exactly
     ``i * in / out`` in pixel units. Same arithmetic as NVIDIA's detector, so features agree to float
     rounding. The result is float32 and is not re-quantised.
 
@@ -195,7 +195,7 @@ class Detector:
                 feats = self.module(x, return_features=True)
             else:
                 x = tf1_resize_bilinear(x, (INCEPTION_SIZE, INCEPTION_SIZE))
-                x = (x - 128) / 128  # NVIDIA's input normalisation (anchor B1), not 2x/255 - 1
+                x = (x - 128) / 128  # NVIDIA's input normalisation, not 2x/255 - 1
                 feats = self.module(x)
         feats = feats.to(torch.float32)
         assert feats.ndim == 2 and feats.shape[0] == images.shape[0], f'unexpected features {list(feats.shape)}'

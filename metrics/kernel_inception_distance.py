@@ -1,7 +1,7 @@
 """Kernel Inception Distance (Binkowski et al. 2018, "Demystifying MMD GANs", sec. 3).
 
 KID is the unbiased estimator of the squared MMD with the cubic polynomial kernel
-k(a, b) = (a.b / d + 1)^3, averaged over random subsets (anchor B1: 100 subsets of
+k(a, b) = (a.b / d + 1)^3, averaged over random subsets (upstream's choice: 100 subsets of
 m = min(N_real, N_gen, 1000) rows drawn without replacement).
 """
 

@@ -4,7 +4,7 @@ for Assessing Generative Models", sec. 2).
 Each sample of a reference set M gets a radius: the distance to its k-th nearest neighbour in M
 (the (k+1)-th smallest distance, since the sample itself is at distance 0). A probe counts as
 covered when it lies within the radius of at least one sample of M. Precision uses M = real and
-probes = generated; recall swaps the roles. Features are VGG16 features (anchor: upstream pr50k3).
+probes = generated; recall swaps the roles. Features are VGG16 features, as in upstream's pr50k3.
 """
 
 import torch

@@ -1,4 +1,4 @@
-"""training.dataset: the reader used by training and the metrics (upstream-facts 10.1/10.3)."""
+"""training.dataset: the reader used by training and the metrics (upstream's on-disk format)."""
 
 import io
 import json

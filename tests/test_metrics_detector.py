@@ -43,7 +43,7 @@ def test_resize_identity_and_constant():
 
 
 def test_resize_differs_from_half_pixel_bilinear():
-    # Guard against swapping in PyTorch's half-pixel interpolate (pytorch-fid's convention, anchor B7.1).
+    # Guard against swapping in PyTorch's half-pixel interpolate (pytorch-fid's convention).
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     half_pixel = torch.nn.functional.interpolate(x, size=(8, 8), mode='bilinear', align_corners=False)
     assert not torch.allclose(det.tf1_resize_bilinear(x, (8, 8)), half_pixel)

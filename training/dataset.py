@@ -1,6 +1,6 @@
 """Datasets that training and the metrics read: a folder or a zip of same-sized images.
 
-On-disk format (upstream-facts 10.1): image files anywhere below the root, ordered by their relative
+On-disk format (upstream's): image files anywhere below the root, ordered by their relative
 path (that order is the raw index), plus an optional `dataset.json` at the root holding
 `{"labels": [[relpath, label], ...]}` or `{"labels": null}`.
 
