@@ -100,3 +100,37 @@ def test_accepts_paths_inside(tmp_path, text):
     doc = tmp_path / 'docs' / 'page.md'
     doc.write_text(text + '\n', encoding='utf-8')
     assert path_problems(str(doc), root=str(tmp_path)) == []
+
+
+# A reader of the repository has none of the development team's reference notes, so no file may cite
+# them by name or by section label ("anchor B1", "upstream-facts 10.1").
+_NOTE_CITATION = re.compile(r'\banchors? [A-Z]\d|\b(upstream-facts|sched-metrics-anchors|user-pain)\b')
+
+
+def note_citations(text):
+    return [number for number, line in enumerate(text.splitlines(), 1) if _NOTE_CITATION.search(line)]
+
+
+def _source_files():
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d not in ('__pycache__', 'build'))
+        yield from (os.path.join(folder, f) for f in sorted(files)
+                    if f.endswith(('.py', '.md', '.sh', '.cu', '.cpp', '.h')))
+
+
+def test_no_citation_of_notes_outside_the_repository():
+    found = []
+    for path in _source_files():
+        if os.path.abspath(path) == THIS_FILE:
+            continue
+        with open(path, encoding='utf-8', errors='replace') as f:
+            found += [f'{os.path.relpath(path, ROOT)}:{n}' for n in note_citations(f.read())]
+    assert found == [], 'cites notes a reader does not have:\n' + '\n'.join(found)
+
+
+@pytest.mark.parametrize('text, cited', [
+    ('# see anchor B1 for the resize', True), ('(anchors B1/B5)', True), ('upstream-facts 10.1', True),
+    ('# the anchor point of the crop', False), ('upstream facts differ', False), ('Anchor: B', False),
+])
+def test_note_citation_pattern(text, cited):
+    assert bool(note_citations(text)) == cited
