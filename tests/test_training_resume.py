@@ -319,3 +319,21 @@ def test_headerless_state_of_the_previous_format_still_loads(tmp_path, reference
     os.truncate(path, os.path.getsize(path) // 2)
     with pytest.raises(checkpoint.UnreadableState, match='headerless'):
         checkpoint.load_state(path)
+
+
+FIXTURE_STATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'training-state-v2-000000.020.pt')
+
+
+@pytest.mark.slow
+def test_checkpoint_written_by_an_earlier_version_continues_bit_identically(data_zip, tmp_path, reference):
+    """The fixture is the tick-2 state of the crash test above, as written by the code of 2026-12-07
+    (before the training loop was reorganised); continuing from it must still reproduce the reference."""
+    import shutil
+
+    from training import training_loop
+    run_dir = tmp_path / 'old'
+    run_dir.mkdir()
+    shutil.copy(FIXTURE_STATE, run_dir / 'training-state-000000.020.pt')
+    continued = training_loop.training_loop(**_resume_kwargs(data_zip, str(run_dir)))
+    assert continued.continued and continued.state == 'finished'
+    _assert_same_parts(reference['parts'], _final_parts(str(run_dir)))
