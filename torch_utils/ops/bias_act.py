@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dnnlib.util import EasyDict
-from torch_utils import custom_ops, op_trace
+from torch_utils import custom_ops, kernel_checks, op_trace
 
 _PLUGIN_NAME = 'bias_act_plugin'
 _SRC_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -123,7 +123,7 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     if op_trace.active is not None:  # a meta-device audit: record the launch the CUDA path would make
         launch = dict(op='bias_act', in_shape=list(x.shape), out_shape=list(x.shape), dtype=x.dtype)
         return op_trace.active.run_op([launch], lambda: _bias_act_ref(x, b, dim, act, alpha, gain, clamp))
-    if which_impl(x, impl) == 'cuda':
+    if which_impl(x, impl) == 'cuda' and (impl == 'cuda' or kernel_checks.allowed('bias_act', act, x.dtype, x.device)):
         if b is None:  # dim only says where b goes: any value is valid without one, as in the reference
             if x.ndim == 0:
                 return bias_act(x.reshape([1]), None, 0, act, alpha, gain, clamp if clamp >= 0 else None, impl)[0]
@@ -294,3 +294,39 @@ def _bias_act_cuda(dim, act, alpha, gain, clamp):
 
     return BiasActCuda
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Self-check of each activation's kernel (torch_utils/kernel_checks.py).
+
+def _check_variant(act, dtype, device):
+    """Kernel vs float64 reference for one activation: output, gradients w.r.t. x and b, and (for
+    activations with a second derivative) the gradient of the x-gradient, on a small random call."""
+    spec = activation_funcs[act]
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn([3, 16, 5, 7], generator=gen) * 2).to(device=device, dtype=dtype).requires_grad_(True)
+    b = torch.randn([16], generator=gen).to(device=device, dtype=dtype).requires_grad_(True)
+    args = (1, act, float(spec.def_alpha), float(spec.def_gain), -1.0)
+    fn = _bias_act_cuda(*args)
+    fn.apply(x, b)  # warm-up (first launch)
+    y, kernel_ms = kernel_checks.timed(lambda: fn.apply(x, b), device)
+    _, ref_ms = kernel_checks.timed(lambda: _bias_act_ref(x.detach(), b.detach(), *args), device)
+    x64, b64 = [t.detach().to(torch.float64).requires_grad_(True) for t in (x, b)]
+    y64 = _bias_act_ref(x64, b64, *args)
+    dy = torch.randn(y.shape, generator=gen).to(device=device, dtype=dtype)
+    grads = torch.autograd.grad(y, [x, b], dy, create_graph=spec.has_2nd_grad)
+    grads64 = torch.autograd.grad(y64, [x64, b64], dy.to(torch.float64), create_graph=spec.has_2nd_grad)
+    pairs = [(y, y64), *zip(grads, grads64)]
+    if spec.has_2nd_grad:
+        v = torch.randn(x.shape, generator=gen).to(device=device, dtype=dtype)
+        pairs.append((torch.autograd.grad(grads[0], [x], v)[0], torch.autograd.grad(grads64[0], [x64], v.double())[0]))
+    err = max(kernel_checks.max_error(got, want) for got, want in pairs)
+    return dict(max_error=err, tolerance=kernel_checks.tolerance(dtype), kernel_ms=kernel_ms, ref_ms=ref_ms)
+
+
+@functools.lru_cache(maxsize=None)
+def _build_name():
+    return custom_ops.build_name(_PLUGIN_NAME, _SOURCES + _HEADERS, _BUILD_KWARGS)
+
+
+kernel_checks.register('bias_act', _check_variant, _build_name)

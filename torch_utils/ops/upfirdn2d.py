@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_utils import custom_ops, op_trace
+from torch_utils import custom_ops, kernel_checks, op_trace
 
 _PLUGIN_NAME = 'upfirdn2d_plugin'
 _SRC_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -173,7 +173,9 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='au
     args = ((upx, upy), (downx, downy), (px0, px1, py0, py1), bool(flip_filter), float(gain))
     if op_trace.active is not None:  # a meta-device audit: record the launches the CUDA path would make
         return op_trace.active.run_op(kernel_launches(x, f, *args), lambda: _upfirdn2d_ref(x, f, *args))
-    if which_impl(x, impl) == 'cuda':
+    if which_impl(x, impl) == 'cuda' and (impl == 'cuda' or
+                                          kernel_checks.allowed('upfirdn2d', kernel_variant(x, f, *args[:2]),
+                                                                x.dtype, x.device)):
         return _upfirdn2d_cuda(*args).apply(x, f)
     return _upfirdn2d_ref(x, f, *args)
 
@@ -338,6 +340,67 @@ def _upfirdn2d_cuda(up, down, padding, flip_filter, gain):
 
     return Upfirdn2dCuda
 
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernel variants and their self-check (torch_utils/kernel_checks.py).
+
+# name -> (taps, separable, up, down, padding, channels_last): one call of the variant, as the networks and
+# ADA make it. The tiled cases are the ones launch_tiled() in upfirdn2d.cu specialises.
+KERNEL_VARIANTS = {
+    'tiled 4x4':          ([1, 3, 3, 1], False, 1, 1, [2, 1, 2, 1], False),
+    'tiled 4x4 up2':      ([1, 3, 3, 1], False, 2, 1, [2, 1, 2, 1], False),
+    'tiled 4x4 down2':    ([1, 3, 3, 1], False, 1, 2, [1, 1, 1, 1], False),
+    'tiled 12-tap up2':   ([1, 2, 4, 6, 8, 9, 9, 8, 6, 4, 2, 1], True, 2, 1, [6, 5, 6, 5], False),
+    'tiled 12-tap down2': ([1, 2, 4, 6, 8, 9, 9, 8, 6, 4, 2, 1], True, 1, 2, [5, 5, 5, 5], False),
+    'generic':            ([1, 2, 1], False, 2, 1, [2, 0, 1, 1], False),
+    'generic nhwc':       ([1, 3, 3, 1], False, 2, 1, [2, 1, 2, 1], True),
+}
+
+
+def kernel_variant(x, f, up, down):
+    """The KERNEL_VARIANTS name of the launches a CUDA call with these arguments makes."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return 'generic nhwc'
+    (upx, upy), (downx, downy) = up, down
+    if upx != upy or downx != downy or (upx, downx) not in ((1, 1), (2, 1), (1, 2)):
+        return 'generic'
+    suffix = {(1, 1): '', (2, 1): ' up2', (1, 2): ' down2'}[(upx, downx)]
+    if f.ndim == 2 and tuple(f.shape) == (4, 4):
+        return 'tiled 4x4' + suffix
+    if f.ndim == 1 and f.shape[0] == 12 and suffix:
+        return 'tiled 12-tap' + suffix
+    return 'generic'
+
+
+def _check_variant(variant, dtype, device):
+    """Kernel vs float64 reference on a small random call of `variant`: output and input gradient."""
+    taps, separable, up, down, padding, channels_last = KERNEL_VARIANTS[variant]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn([2, 5, 19, 23], generator=gen).to(device=device, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    f = setup_filter(taps, device=device, separable=separable)
+    args = ((up, up), (down, down), tuple(padding), False, float(up * up))
+    assert kernel_variant(x, f, *args[:2]) == variant
+    x.requires_grad_(True)
+    _upfirdn2d_cuda(*args).apply(x, f)  # warm-up (first launch)
+    y, kernel_ms = kernel_checks.timed(lambda: _upfirdn2d_cuda(*args).apply(x, f), device)
+    _, ref_ms = kernel_checks.timed(lambda: _upfirdn2d_ref(x.detach(), f, *args), device)
+    dy = torch.randn(y.shape, generator=gen).to(device=device, dtype=dtype)
+    (dx,) = torch.autograd.grad(y, [x], dy)
+    x64 = x.detach().to(torch.float64).requires_grad_(True)
+    y64 = _upfirdn2d_ref(x64, f, *args)
+    (dx64,) = torch.autograd.grad(y64, [x64], dy.to(torch.float64))
+    err = max(kernel_checks.max_error(y, y64), kernel_checks.max_error(dx, dx64))
+    return dict(max_error=err, tolerance=kernel_checks.tolerance(dtype), kernel_ms=kernel_ms, ref_ms=ref_ms)
+
+
+@functools.lru_cache(maxsize=None)
+def _build_name():
+    return custom_ops.build_name(_PLUGIN_NAME, _SOURCES + _HEADERS, _BUILD_KWARGS)
+
+
+kernel_checks.register('upfirdn2d', _check_variant, _build_name)
 
 # ----------------------------------------------------------------------------------------------------------
 # Convenience wrappers (upstream's padding conventions).
