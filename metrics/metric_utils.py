@@ -431,7 +431,8 @@ class GeneratorCallCost:
         with torch.no_grad(), op_trace.OpTrace() as trace:
             img = torch.func.functional_call(G, state, (z, c), G_kwargs)
             del img
-        numels = [int(np.prod(shape)) for launch in trace.launches for shape in (launch['in_shape'], launch['out_shape'])]
+        numels = [int(np.prod(shape)) for launch in trace.launches
+                  for shape in (launch['in_shape'], launch['out_shape'])]
         return numels, trace.peak_bytes
 
     def max_batch(self, max_numel, max_bytes):

@@ -156,7 +156,8 @@ def test_bias_act_without_bias_accepts_the_dims_the_reference_accepts(fake_bias_
         torch.testing.assert_close(B.bias_act(x, None, dim=dim, act='lrelu', impl='cuda'),
                                    B.bias_act(x, None, dim=dim, act='lrelu', impl='ref'))
     scalar = torch.tensor(-2.0)
-    torch.testing.assert_close(B.bias_act(scalar, act='lrelu', impl='cuda'), B.bias_act(scalar, act='lrelu', impl='ref'))
+    torch.testing.assert_close(B.bias_act(scalar, act='lrelu', impl='cuda'),
+                               B.bias_act(scalar, act='lrelu', impl='ref'))
 
 
 def test_bias_act_float16_clamp_masks_gradients_of_saturated_outputs(fake_bias_act):

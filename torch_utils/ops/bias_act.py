@@ -123,13 +123,15 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     if op_trace.active is not None:  # a meta-device audit: record the launch the CUDA path would make
         launch = dict(op='bias_act', in_shape=list(x.shape), out_shape=list(x.shape), dtype=x.dtype)
         return op_trace.active.run_op([launch], lambda: _bias_act_ref(x, b, dim, act, alpha, gain, clamp))
-    if which_impl(x, impl) == 'cuda' and (impl == 'cuda' or kernel_checks.allowed('bias_act', act, x.dtype, x.device)):
+    if which_impl(x, impl) == 'cuda' and (impl == 'cuda' or
+                                          kernel_checks.allowed('bias_act', act, x.dtype, x.device)):
         if b is None:  # dim only says where b goes: any value is valid without one, as in the reference
             if x.ndim == 0:
                 return bias_act(x.reshape([1]), None, 0, act, alpha, gain, clamp if clamp >= 0 else None, impl)[0]
             dim = 0
         if clamp >= 0:  # the value a clamped output holds in x's dtype (see the module docstring)
-            clamp = float(torch.tensor(clamp, dtype=x.dtype))
+            rounded = float(torch.tensor(clamp, dtype=x.dtype))
+            clamp = rounded if np.isfinite(rounded) else clamp
         return _bias_act_cuda(dim, act, alpha, gain, clamp).apply(x, _empty(x) if b is None else b)
     return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
