@@ -122,6 +122,16 @@ def test_a_wrong_bias_act_activation_warns_once_and_takes_the_reference(fakes):
     assert fakes['ba'].launches == launches + 1  # lrelu keeps the kernel
 
 
+def test_a_kernel_that_raises_fails_its_check_and_the_call_takes_the_reference(fakes):
+    class Broken(FakeBiasAct):
+        def bias_act(self, *args):
+            raise RuntimeError('bias_act: kernel launch failed: no kernel image is available for execution')
+    fakes['ba'] = Broken()
+    x, b = torch.randn([4, 8, 3, 3]), torch.randn([8])
+    with pytest.warns(RuntimeWarning, match=r'"lrelu".*max error inf.*no kernel image is available'):
+        torch.testing.assert_close(B.bias_act(x, b, act='lrelu'), B.bias_act(x, b, act='lrelu', impl='ref'))
+
+
 def test_results_are_cached_per_device_and_build(fakes, monkeypatch):
     calls = []
     checker, build_name = kernel_checks._checkers['bias_act']

@@ -93,8 +93,12 @@ def check(op, variant, dtype, device, use_cache=True):
         _load_cache(op, dev_key)
         if key in _results:
             return dict(_results[key], cached=True)
-    with torch.inference_mode(False), torch.enable_grad():
-        result = dict(_checkers[op][0](variant, dtype, torch.device(device)))
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            result = dict(_checkers[op][0](variant, dtype, torch.device(device)))
+    except RuntimeError as err:  # a kernel that fails to run fails its check (the reference still works)
+        result = dict(max_error=float('inf'), tolerance=tolerance(dtype), kernel_ms=float('nan'),
+                      ref_ms=float('nan'), error=str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
     result['ok'] = bool(result['max_error'] <= result['tolerance'])
     _results[key] = result
     _save_cache(op, dev_key)
@@ -116,7 +120,8 @@ def allowed(op, variant, dtype, device):
         _warned.add(key)
         warnings.warn(f'{op} kernel variant "{variant}" ({str(dtype).replace("torch.", "")}) on {key[0]} differs '
                       f'from the reference: max error {result["max_error"]:.3g} > tolerance '
-                      f'{result["tolerance"]:.1g}. Using the pure-PyTorch reference for it in this process.',
+                      f'{result["tolerance"]:.1g}{" (" + result["error"] + ")" if result.get("error") else ""}. '
+                      f'Using the pure-PyTorch reference for it in this process.',
                       RuntimeWarning, stacklevel=3)
     return False
 
