@@ -444,6 +444,25 @@ class GeneratorCallCost:
         return max(0, min(limits, default=MAX_BATCH_GEN))
 
 
+_call_costs = dict()  # (class, constructor arguments, G_kwargs) -> GeneratorCallCost
+
+
+def generator_call_cost(G, G_kwargs=None):
+    """GeneratorCallCost of G, measured once per architecture (training evaluates the same G every snapshot).
+
+    Networks that record their constructor arguments (torch_utils.persistence) are keyed by them; others
+    are measured every time.
+    """
+    init_kwargs = getattr(G, 'init_kwargs', None)
+    if init_kwargs is None:
+        return GeneratorCallCost(G, G_kwargs)
+    key = (type(G).__qualname__, repr(getattr(G, 'init_args', ())), repr(init_kwargs),
+           repr(sorted((G_kwargs or {}).items())))
+    if key not in _call_costs:
+        _call_costs[key] = GeneratorCallCost(G, G_kwargs)
+    return _call_costs[key]
+
+
 def choose_batch_gen(G, device, batch_size, G_kwargs=None) -> int:
     """Images per generator call: the detector batch on CPUs; on CUDA, the most that fits the kernels and memory.
 
@@ -467,7 +486,7 @@ def choose_batch_gen(G, device, batch_size, G_kwargs=None) -> int:
         return batch_size  # CPUs gain nothing from huge calls; this keeps today's G calls (and values)
     pixels = getattr(G, 'img_resolution', 256) ** 2
     free_bytes, _total = torch.cuda.mem_get_info(device)
-    fits = GeneratorCallCost(G, G_kwargs).max_batch(op_trace.INT_MAX, free_bytes * GEN_MEMORY_FRACTION)
+    fits = generator_call_cost(G, G_kwargs).max_batch(op_trace.INT_MAX, free_bytes * GEN_MEMORY_FRACTION)
     n = max(1, min(GEN_PIXELS_PER_CALL // pixels, fits, MAX_BATCH_GEN))
     if n >= batch_size:
         return n // batch_size * batch_size

@@ -64,3 +64,16 @@ def test_generator_cost_is_measured_from_the_network():
     assert 1.6 < per_image(wide) / per_image(small) <= 2.1
     assert wide.peak_bytes[1] > 1.5 * small.peak_bytes[1]  # (modulated weights grow with channels squared)
     assert op_trace.active is None  # the trace is closed again
+
+
+def test_the_cost_is_measured_once_per_architecture(monkeypatch):
+    traces = []
+    trace = metric_utils.GeneratorCallCost._trace
+    monkeypatch.setattr(metric_utils.GeneratorCallCost, '_trace',
+                        staticmethod(lambda *args: traces.append(1) or trace(*args)))
+    monkeypatch.setattr(metric_utils, '_call_costs', {})
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (2 ** 34, 2 ** 34))
+    first = metric_utils.choose_batch_gen(_generator(), 'cuda', 4)
+    assert metric_utils.choose_batch_gen(_generator(), 'cuda', 4) == first and len(traces) == 2
+    metric_utils.choose_batch_gen(_generator(), 'cuda', 4, dict(noise_mode='const'))  # other G_kwargs
+    assert len(traces) == 4
