@@ -4,6 +4,8 @@ On a machine with one GPU this runs in under 8 minutes (every step has a time ca
 share an overall budget; a step that does not fit is recorded as skipped, never half-measured):
   gpu_tests           the gpu-marked tests (kernels vs reference ops, grid_sample, augment syncs):
                       pass/fail/skip/error counts; this step also builds the CUDA plugins once;
+  selftest            python -m torch_utils.ops.selftest: every compiled kernel variant (fp16, fp32) against
+                      the float64 reference, its max error, tolerance and time vs the reference;
   train_b32_bg32      benchmarks/bench_training.py --cfg paper512 --res 512 --batch 32 --batch-gpu 32:
                       s/kimg and peak memory after warm-up (mixed precision, and its fp32 baseline);
   train_b64_bg8       the same with --batch 64 --batch-gpu 8;
@@ -49,6 +51,10 @@ def _gpu_tests(smoke, scratch):
             f'--junitxml={os.path.join(scratch, "gpu_tests.xml")}', *files]
 
 
+def _selftest(_smoke, scratch):
+    return [sys.executable, '-m', 'torch_utils.ops.selftest', '--json', os.path.join(scratch, 'selftest.json')]
+
+
 def _train(batch, batch_gpu):
     def argv(smoke, _scratch):
         if smoke:
@@ -72,7 +78,8 @@ def _fid(smoke, _scratch):
 
 
 STEPS = [  # caps add up to BUDGET_S; gpu_tests includes building both CUDA plugins
-    ('gpu_tests', 200, _gpu_tests),
+    ('gpu_tests', 180, _gpu_tests),
+    ('selftest', 20, _selftest),
     ('train_b32_bg32', 80, _train(32, 32)),
     ('train_b64_bg8', 80, _train(64, 8)),
     ('ops', 30, _ops),
@@ -91,6 +98,15 @@ def _parse_gpu_tests(_out, scratch):
     failed = [f'{case.get("classname")}::{case.get("name")}' for case in suite.iter('testcase')
               if case.find('failure') is not None or case.find('error') is not None]
     return dict(counts, failed=failed)
+
+
+def _parse_selftest(_out, scratch):
+    with open(os.path.join(scratch, 'selftest.json'), encoding='utf-8') as f:
+        table = json.load(f)
+    rows = table['rows']
+    mismatches = [f'{r["op"]} {r["variant"]} {r["dtype"]}: {r["max_error"]:.3g} > {r["tolerance"]:.1g}'
+                  for r in rows if not r['ok']]
+    return dict(device=table['device'], variants=len(rows), mismatches=mismatches, rows=rows)
 
 
 _NUM = r'([0-9.]+|nan|inf)'
@@ -137,7 +153,7 @@ def _parse_fid(out, _scratch):
                 feature_loop_ratio=float(loop.group(3)) if loop else None)
 
 
-PARSERS = dict(gpu_tests=_parse_gpu_tests, train_b32_bg32=_parse_train, train_b64_bg8=_parse_train, ops=_parse_ops,
+PARSERS = dict(gpu_tests=_parse_gpu_tests, selftest=_parse_selftest, train_b32_bg32=_parse_train, train_b64_bg8=_parse_train, ops=_parse_ops,
                fid=_parse_fid)
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dnnlib import util
+from torch_utils import op_trace
 from . import detector as detector_lib
 
 CACHE_FORMAT_VERSION = 1
@@ -401,29 +402,95 @@ def quantize_images(img: torch.Tensor) -> torch.Tensor:
 LATENT_CHUNK = 64               # z and labels are drawn this many rows at a time, whatever the batch sizes
 MAX_BATCH_GEN = 1024            # images per G call, at most
 GEN_PIXELS_PER_CALL = 1 << 26   # ~256 images of 512x512 per G call: enough work to fill a large GPU
-GEN_BYTES_PER_PIXEL = 256       # rough peak memory of G per output pixel (fp16/fp32 activations, FIR padding)
 GEN_MEMORY_FRACTION = 0.4       # of the free GPU memory, for one G call (the detector and a queued batch need room)
 
 
-def choose_batch_gen(G, device, batch_size) -> int:
-    """Images per generator call: the detector batch on CPUs; on CUDA, a pixel budget capped by free memory.
+class GeneratorCallCost:
+    """Per-call cost of G as a function of its batch size N, measured by running G on the meta device.
+
+    Each custom-op launch's element count and the peak of live bytes are affine in N (a + b*N); two
+    meta runs (N = 1 and 2) give both coefficients. Nothing is allocated and G is not touched: the run
+    uses meta copies of its parameters. The memory figure is an upper bound: on the meta device every
+    block computes in float32, while fp16 blocks on a GPU hold half as many bytes.
 
     Args:
-        G: the generator (its img_resolution sets the per-image cost).
+        G: the generator.
+        G_kwargs: keyword arguments of G's calls (noise_mode, truncation_psi, ...).
+    """
+
+    def __init__(self, G, G_kwargs=None):
+        runs = [self._trace(G, n, G_kwargs or {}) for n in (1, 2)]
+        self.launch_numel = [(2 * one - two, two - one) for one, two in zip(runs[0][0], runs[1][0])]
+        self.peak_bytes = (2 * runs[0][1] - runs[1][1], runs[1][1] - runs[0][1])
+
+    @staticmethod
+    def _trace(G, n, G_kwargs):
+        state = op_trace.meta_state(G)
+        z = torch.empty([n, G.z_dim], device='meta')
+        c = torch.empty([n, getattr(G, 'c_dim', 0)], device='meta')
+        with torch.no_grad(), op_trace.OpTrace() as trace:
+            img = torch.func.functional_call(G, state, (z, c), G_kwargs)
+            del img
+        numels = [int(np.prod(shape)) for launch in trace.launches
+                  for shape in (launch['in_shape'], launch['out_shape'])]
+        return numels, trace.peak_bytes
+
+    def max_batch(self, max_numel, max_bytes):
+        """The largest N whose launches all stay within max_numel elements and whose peak fits max_bytes (>= 0)."""
+        limits = [(max_numel - a) // b for a, b in self.launch_numel if b > 0]
+        a, b = self.peak_bytes
+        if b > 0:
+            limits.append(int(max_bytes - a) // b)
+        return max(0, min(limits, default=MAX_BATCH_GEN))
+
+
+_call_costs = dict()  # (class, constructor arguments, G_kwargs) -> GeneratorCallCost
+
+
+def generator_call_cost(G, G_kwargs=None):
+    """GeneratorCallCost of G, measured once per architecture (training evaluates the same G every snapshot).
+
+    Networks that record their constructor arguments (torch_utils.persistence) are keyed by them; others
+    are measured every time.
+    """
+    init_kwargs = getattr(G, 'init_kwargs', None)
+    if init_kwargs is None:
+        return GeneratorCallCost(G, G_kwargs)
+    key = (type(G).__qualname__, repr(getattr(G, 'init_args', ())), repr(init_kwargs),
+           repr(sorted((G_kwargs or {}).items())))
+    if key not in _call_costs:
+        _call_costs[key] = GeneratorCallCost(G, G_kwargs)
+    return _call_costs[key]
+
+
+def choose_batch_gen(G, device, batch_size, G_kwargs=None) -> int:
+    """Images per generator call: the detector batch on CPUs; on CUDA, the most that fits the kernels and memory.
+
+    On CUDA the batch is the smallest of MAX_BATCH_GEN, a pixel budget (GEN_PIXELS_PER_CALL), what keeps
+    every tensor handed to a custom op within the kernels' 32-bit element count, and what fits
+    GEN_MEMORY_FRACTION of the free memory; the last two come from G's real layer sizes (GeneratorCallCost).
+    When that is below the detector batch, the result is the largest divisor of batch_size that fits, so
+    whole G calls make up each detector batch (the LatentStream keeps the values independent of it).
+
+    Args:
+        G: the generator.
         device: torch device the metric runs on.
-        batch_size: images per detector call; the result is a multiple of it.
+        batch_size: images per detector call.
+        G_kwargs: keyword arguments of G's calls.
 
     Returns:
-        batch_gen, a positive multiple of batch_size.
+        batch_gen: a positive multiple of batch_size, or a divisor of it.
     """
     device = torch.device(device)
     if device.type != 'cuda':
         return batch_size  # CPUs gain nothing from huge calls; this keeps today's G calls (and values)
     pixels = getattr(G, 'img_resolution', 256) ** 2
     free_bytes, _total = torch.cuda.mem_get_info(device)
-    n = min(GEN_PIXELS_PER_CALL // pixels, int(free_bytes * GEN_MEMORY_FRACTION) // (GEN_BYTES_PER_PIXEL * pixels),
-            MAX_BATCH_GEN)
-    return max(batch_size, n // batch_size * batch_size)
+    fits = generator_call_cost(G, G_kwargs).max_batch(op_trace.INT_MAX, free_bytes * GEN_MEMORY_FRACTION)
+    n = max(1, min(GEN_PIXELS_PER_CALL // pixels, fits, MAX_BATCH_GEN))
+    if n >= batch_size:
+        return n // batch_size * batch_size
+    return max(d for d in range(1, n + 1) if batch_size % d == 0)
 
 
 def _chunk_sizes(total, chunk):
@@ -533,9 +600,13 @@ def overlapped(make, sizes, streams=None):
         yield ready
 
 
-def _generate_uint8(G, latents, k, G_kwargs):
-    z, c = latents.take(k)
-    return quantize_images(G(z=z, c=c, **G_kwargs))
+def _generate_uint8(G, latents, k, G_kwargs, per_call):
+    """k images as uint8, from G calls of at most per_call images (joined when k is larger)."""
+    parts = []
+    for n in _chunk_sizes(k, per_call):
+        z, c = latents.take(n)
+        parts.append(quantize_images(G(z=z, c=c, **G_kwargs)))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=None, batch_gen=None,
@@ -554,7 +625,8 @@ def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=No
         detector: Detector (features, or probabilities when use_probabilities).
         max_items: number of generated images (over all ranks).
         batch_size: images per detector call per rank (default opts.batch_size).
-        batch_gen: images per G call, rounded up to a multiple of batch_size (default choose_batch_gen).
+        batch_gen: images per G call (default choose_batch_gen); above batch_size it is rounded up to a
+            multiple of it, below it whole G calls are joined into each detector batch.
         use_probabilities: collect detector.probabilities (the Inception Score) instead of features.
         **stats_kwargs: FeatureStats flags (capture_all / capture_mean_cov).
 
@@ -565,7 +637,9 @@ def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=No
     G = opts.G
     assert G is not None, 'no generator given'
     batch_size = batch_size or opts.batch_size
-    batch_gen = -(-(batch_gen or choose_batch_gen(G, opts.device, batch_size)) // batch_size) * batch_size
+    per_call = batch_gen or choose_batch_gen(G, opts.device, batch_size, opts.G_kwargs)
+    batch_gen = -(-per_call // batch_size) * batch_size  # images per queued batch: whole detector batches
+    per_call = per_call if per_call < batch_size else batch_gen
     total = -(-max_items // opts.num_gpus)  # per rank; the surplus of the last gathered batch is dropped
     latents = LatentStream(opts, G, total)
     streams = SideStream(opts.device) if opts.device.type == 'cuda' else None
@@ -574,7 +648,7 @@ def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=No
     stats = FeatureStats(max_items=max_items, **stats_kwargs)
     progress = Progress(opts, 'generated features', max_items)
     with torch.no_grad():  # (not inference_mode: the float64 sums are updated in place later)
-        batches = overlapped(lambda k: _generate_uint8(G, latents, k, opts.G_kwargs),
+        batches = overlapped(lambda k: _generate_uint8(G, latents, k, opts.G_kwargs, per_call),
                              _chunk_sizes(total, batch_gen), streams)
         for images in batches:
             for part in images.split(batch_size):

@@ -32,9 +32,10 @@ def test_cpu_smoke_writes_one_complete_json(tmp_path):
     report = json.loads(out.read_text())
     assert report['environment']['mode'] == 'cpu-smoke'
     steps = report['steps']
-    assert list(steps) == ['gpu_tests', 'train_b32_bg32', 'train_b64_bg8', 'ops', 'fid']
+    assert list(steps) == ['gpu_tests', 'selftest', 'train_b32_bg32', 'train_b64_bg8', 'ops', 'fid']
     assert all(s['status'] == 'ok' and s['rc'] == 0 for s in steps.values()), steps
 
+    assert steps['selftest']['device'] is None and steps['selftest']['rows'] == []  # no GPU: one line, no rows
     tests = steps['gpu_tests']
     assert tests['tests'] > 0 and tests['skipped'] == tests['tests'] and tests['passed'] == 0  # no GPU here
     for name in ('train_b32_bg32', 'train_b64_bg8'):
@@ -102,3 +103,15 @@ def test_a_step_past_its_time_is_recorded_not_fatal(tmp_path):
     assert record['status'] == 'failed' and record['rc'] == 'timeout' and record['seconds'] < 40
     assert gc.run_step('ops', 30, sleeper, False, str(tmp_path), time_left=5) == dict(status='skipped',
                                                                                      reason='out of time')
+
+
+def test_selftest_parser_lists_the_mismatches(tmp_path):
+    gc = _module()
+    rows = [dict(op='bias_act', variant='tanh', dtype='float32', ok=False, max_error=5e-4, tolerance=2e-5,
+                 kernel_ms=0.01, ref_ms=0.05),
+            dict(op='upfirdn2d', variant='tiled 4x4', dtype='float16', ok=True, max_error=1e-4, tolerance=4e-3,
+                 kernel_ms=0.02, ref_ms=0.2)]
+    (tmp_path / 'selftest.json').write_text(json.dumps(dict(device='cuda0-NVIDIA_H100-sm90', rows=rows)))
+    parsed = gc._parse_selftest('', str(tmp_path))
+    assert parsed['variants'] == 2 and parsed['rows'] == rows
+    assert parsed['mismatches'] == ['bias_act tanh float32: 0.0005 > 2e-05']

@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 #include "cuda_num.h"
 #include "bias_act.h"
+#include "launch.h"
 
 static constexpr double kSeluScale = 1.0507009873554805;   // SELU lambda
 static constexpr double kSeluAlpha = 1.6732632423543772;   // SELU alpha
@@ -170,8 +171,7 @@ template <typename T, int ACT>
 static void launch_act(const T* x, const T* b, const T* xref, const T* yref, const T* dy, T* out,
                        const BiasActParams& p, bool vec, cudaStream_t stream) {
     const int threads = 256;
-    const long long groups = ((long long)p.total + kElems - 1) / kElems;
-    const int blocks = (int)((groups + threads - 1) / threads);
+    const int blocks = grid_blocks_1d(((long long)p.total + kElems - 1) / kElems, threads);
     bias_act_kernel<T, ACT><<<blocks, threads, 0, stream>>>(x, b, xref, yref, dy, out, p, vec);
 }
 

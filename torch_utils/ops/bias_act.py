@@ -12,7 +12,11 @@ Two implementations:
     views are made contiguous first. First and second derivatives are supported, not third.
     One documented difference: the CUDA backward zeroes the gradient where the forward output was not
     strictly inside (-clamp, +clamp), while torch.clamp (the reference) passes it on the closed interval;
-    the two agree everywhere except at outputs exactly equal to +-clamp.
+    the two agree everywhere except at outputs exactly equal to +-clamp. The kernel is handed the clamp
+    rounded to x's dtype (181.02 is 181.0 in float16): a clamped float16 output holds that rounded value,
+    and comparing it with the unrounded clamp would let gradients through saturated outputs. (Upstream
+    compares with the unrounded value.) Calls of more than KERNEL_MAX_NUMEL elements are split into
+    launches that fit the kernel's 32-bit indices.
 impl='auto' takes the kernel for CUDA tensors of more than SMALL_NUMEL elements; smaller ones (e.g. the
 mapping network's [batch, 512] activations) take the reference, whose few native kernels cost less than the
 custom autograd.Function's Python overhead there.
@@ -26,15 +30,18 @@ import torch
 import torch.nn.functional as F
 
 from dnnlib.util import EasyDict
-from torch_utils import custom_ops
+from torch_utils import custom_ops, kernel_checks, op_trace
 
 _PLUGIN_NAME = 'bias_act_plugin'
 _SRC_DIR = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_SRC_DIR, 'bias_act.cpp'), os.path.join(_SRC_DIR, 'bias_act.cu')]
-_HEADERS = [os.path.join(_SRC_DIR, 'bias_act.h'), os.path.join(_SRC_DIR, 'cuda_num.h')]
-# --use_fast_math: exp/tanh/log use the fast intrinsics. Their relative error (~1e-6) is far below the
-# float16 resolution the networks run at and below the test tolerances; upstream made the same choice.
-_BUILD_KWARGS = dict(extra_cuda_cflags=['--use_fast_math'])
+_HEADERS = [os.path.join(_SRC_DIR, 'bias_act.h'), os.path.join(_SRC_DIR, 'cuda_num.h'),
+            os.path.join(_SRC_DIR, 'launch.h')]
+# No --use_fast_math (upstream builds with it): it turns tanhf into the hardware tanh.approx.f32, whose
+# relative error (~2^-11) fails float32 comparisons with torch.tanh, and makes exp/log approximate too.
+# The kernel is memory-bound, so the accurate functions cost nothing measurable.
+_BUILD_KWARGS = dict(extra_cuda_cflags=[])
+KERNEL_MAX_NUMEL = op_trace.INT_MAX  # elements per launch; larger calls are split
 
 SMALL_NUMEL = 1 << 14  # impl='auto' uses the PyTorch path up to this many elements
 
@@ -113,7 +120,18 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     alpha = float(spec.def_alpha if alpha is None else alpha)
     gain = float(spec.def_gain if gain is None else gain)
     clamp = float(-1 if clamp is None else clamp)
-    if which_impl(x, impl) == 'cuda':
+    if op_trace.active is not None:  # a meta-device audit: record the launch the CUDA path would make
+        launch = dict(op='bias_act', in_shape=list(x.shape), out_shape=list(x.shape), dtype=x.dtype)
+        return op_trace.active.run_op([launch], lambda: _bias_act_ref(x, b, dim, act, alpha, gain, clamp))
+    if which_impl(x, impl) == 'cuda' and (impl == 'cuda' or
+                                          kernel_checks.allowed('bias_act', act, x.dtype, x.device)):
+        if b is None:  # dim only says where b goes: any value is valid without one, as in the reference
+            if x.ndim == 0:
+                return bias_act(x.reshape([1]), None, 0, act, alpha, gain, clamp if clamp >= 0 else None, impl)[0]
+            dim = 0
+        if clamp >= 0:  # the value a clamped output holds in x's dtype (see the module docstring)
+            rounded = float(torch.tensor(clamp, dtype=x.dtype))
+            clamp = rounded if np.isfinite(rounded) else clamp
         return _bias_act_cuda(dim, act, alpha, gain, clamp).apply(x, _empty(x) if b is None else b)
     return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
@@ -169,7 +187,46 @@ def _align(t, like):
 
 def _sum_to_bias(dx, dim):
     """Reduce a gradient w.r.t. x + b to the gradient w.r.t. b."""
-    return dx.sum([i for i in range(dx.ndim) if i != dim])
+    others = [i for i in range(dx.ndim) if i != dim]
+    return dx.sum(others) if others else dx  # (sum over [] would sum everything)
+
+
+def _split_launches(call, ts, b, dim):
+    """call(ts, b, dim) in launches of at most KERNEL_MAX_NUMEL elements; ts = [x, xref, yref, dy].
+
+    All non-empty tensors of ts share x's shape and dense layout (the binding checks it). A channels_last
+    4-D call is split as its NHWC-contiguous permutation. Splits run along the leading dimension (with
+    the matching part of b when dim is 0), down to single rows that are split again, so any size fits.
+    """
+    x = ts[0]
+    if x.numel() <= KERNEL_MAX_NUMEL:
+        return call(ts, b, dim)
+    if not x.is_contiguous():  # channels_last: split its contiguous NHWC view, then view the result back
+        perm, dim_nhwc = [0, 2, 3, 1], [0, 3, 1, 2][dim]
+        out = _split_launches(call, [t.permute(perm) if t.numel() else t for t in ts], b, dim_nhwc)
+        return out.permute(0, 3, 1, 2)
+    if x.ndim == 1:  # contiguous chunks, with their part of b when there is one
+        return torch.cat([call([t[i:i + KERNEL_MAX_NUMEL] if t.numel() else t for t in ts],
+                               b[i:i + KERNEL_MAX_NUMEL] if b.numel() else b, 0)
+                          for i in range(0, x.shape[0], KERNEL_MAX_NUMEL)])
+    row = x[0].numel()
+    if row <= KERNEL_MAX_NUMEL:  # whole rows per launch
+        step = KERNEL_MAX_NUMEL // row
+        parts = [call([t[i:i + step] if t.numel() else t for t in ts], b[i:i + step] if dim == 0 and b.numel() else b,
+                      dim) for i in range(0, x.shape[0], step)]
+        return torch.cat(parts)
+    rows = []
+    for i in range(x.shape[0]):  # a row is too large: split inside it
+        if dim != 0:
+            rows.append(_split_launches(call, [t[i] if t.numel() else t for t in ts], b, dim - 1))
+            continue
+        # One bias value for the whole row: view it as [1, R] and launch column ranges of it.
+        flat = [t[i:i + 1].reshape([1, -1]) if t.numel() else t for t in ts]
+        b_i = b[i:i + 1] if b.numel() else b
+        cols = [call([t[:, j:j + KERNEL_MAX_NUMEL] if t.numel() else t for t in flat], b_i, 0)
+                for j in range(0, row, KERNEL_MAX_NUMEL)]
+        rows.append(torch.cat(cols, dim=1).reshape(x.shape[1:]))
+    return torch.stack(rows)
 
 
 @functools.lru_cache(maxsize=None)
@@ -181,7 +238,9 @@ def _bias_act_cuda(dim, act, alpha, gain, clamp):
 
     def kernel(x, b, xref, yref, dy, grad):
         plugin = _load_plugin(required=True)
-        return plugin.bias_act(x, b, xref, yref, dy, grad, dim, spec.cuda_idx, alpha, gain, clamp)
+        return _split_launches(lambda ts, bb, d: plugin.bias_act(ts[0], bb, ts[1], ts[2], ts[3], grad, d,
+                                                                 spec.cuda_idx, alpha, gain, clamp),
+                               [x, xref, yref, dy], b, dim)
 
     def grad_kernel(g, x, b, y, dy, order):
         """Derivative kernel; brings g (and dy) into the element order of the saved x or y first."""
@@ -237,3 +296,39 @@ def _bias_act_cuda(dim, act, alpha, gain, clamp):
 
     return BiasActCuda
 
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Self-check of each activation's kernel (torch_utils/kernel_checks.py).
+
+def _check_variant(act, dtype, device):
+    """Kernel vs float64 reference for one activation: output, gradients w.r.t. x and b, and (for
+    activations with a second derivative) the gradient of the x-gradient, on a small random call."""
+    spec = activation_funcs[act]
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn([3, 16, 5, 7], generator=gen) * 2).to(device=device, dtype=dtype).requires_grad_(True)
+    b = torch.randn([16], generator=gen).to(device=device, dtype=dtype).requires_grad_(True)
+    args = (1, act, float(spec.def_alpha), float(spec.def_gain), -1.0)
+    fn = _bias_act_cuda(*args)
+    fn.apply(x, b)  # warm-up (first launch)
+    y, kernel_ms = kernel_checks.timed(lambda: fn.apply(x, b), device)
+    _, ref_ms = kernel_checks.timed(lambda: _bias_act_ref(x.detach(), b.detach(), *args), device)
+    x64, b64 = [t.detach().to(torch.float64).requires_grad_(True) for t in (x, b)]
+    y64 = _bias_act_ref(x64, b64, *args)
+    dy = torch.randn(y.shape, generator=gen).to(device=device, dtype=dtype)
+    grads = torch.autograd.grad(y, [x, b], dy, create_graph=spec.has_2nd_grad)
+    grads64 = torch.autograd.grad(y64, [x64, b64], dy.to(torch.float64), create_graph=spec.has_2nd_grad)
+    pairs = [(y, y64), *zip(grads, grads64)]
+    if spec.has_2nd_grad:
+        v = torch.randn(x.shape, generator=gen).to(device=device, dtype=dtype)
+        pairs.append((torch.autograd.grad(grads[0], [x], v)[0], torch.autograd.grad(grads64[0], [x64], v.double())[0]))
+    err = max(kernel_checks.max_error(got, want) for got, want in pairs)
+    return dict(max_error=err, tolerance=kernel_checks.tolerance(dtype), kernel_ms=kernel_ms, ref_ms=ref_ms)
+
+
+@functools.lru_cache(maxsize=None)
+def _build_name():
+    return custom_ops.build_name(_PLUGIN_NAME, _SOURCES + _HEADERS, _BUILD_KWARGS)
+
+
+kernel_checks.register('bias_act', _check_variant, _build_name)

@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 #include "cuda_num.h"
 #include "upfirdn2d.h"
+#include "launch.h"
 
 // Floor division that is correct for negative numerators (C++ '/' truncates toward zero).
 static __device__ __forceinline__ int floor_div(int a, int b) {
@@ -193,7 +194,7 @@ static void launch_typed(const void* x, const float* f, void* y, const Upfirdn2d
     if (launch_tiled<T>(x, f, y, p, stream))
         return;
     const int threads = 256;
-    const int blocks = (p.total + threads - 1) / threads;
+    const int blocks = grid_blocks_1d(p.total, threads);
     upfirdn2d_kernel<T><<<blocks, threads, 0, stream>>>(static_cast<const T*>(x), f, static_cast<T*>(y), p);
 }
 

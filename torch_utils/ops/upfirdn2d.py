@@ -21,20 +21,24 @@ impl='auto' picks 'cuda' for CUDA tensors when the plugin builds, else 'ref'.
 
 import functools
 import os
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_utils import custom_ops
+from torch_utils import custom_ops, kernel_checks, op_trace
 
 _PLUGIN_NAME = 'upfirdn2d_plugin'
 _SRC_DIR = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_SRC_DIR, 'upfirdn2d.cpp'), os.path.join(_SRC_DIR, 'upfirdn2d.cu')]
-_HEADERS = [os.path.join(_SRC_DIR, 'upfirdn2d.h'), os.path.join(_SRC_DIR, 'cuda_num.h')]
-# --use_fast_math: the kernel only multiplies and adds (no transcendental functions), so fast math changes
-# nothing but lets nvcc contract into FMAs -- the same choice as upstream.
+_HEADERS = [os.path.join(_SRC_DIR, 'upfirdn2d.h'), os.path.join(_SRC_DIR, 'cuda_num.h'),
+            os.path.join(_SRC_DIR, 'launch.h')]
+# --use_fast_math: the kernel only multiplies and adds (no transcendental functions); fast math lets nvcc
+# contract into FMAs and flushes float32 denormals to zero (values below 1.2e-38, far under any tolerance)
+# -- the same choice as upstream.
 _BUILD_KWARGS = dict(extra_cuda_cflags=['--use_fast_math'])
+KERNEL_MAX_NUMEL = op_trace.INT_MAX  # elements per launch (input and output); larger calls are split
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -167,9 +171,30 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='au
     if f is None:
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     args = ((upx, upy), (downx, downy), (px0, px1, py0, py1), bool(flip_filter), float(gain))
-    if which_impl(x, impl) == 'cuda':
+    if op_trace.active is not None:  # a meta-device audit: record the launches the CUDA path would make
+        return op_trace.active.run_op(kernel_launches(x, f, *args), lambda: _upfirdn2d_ref(x, f, *args))
+    if which_impl(x, impl) == 'cuda' and (impl == 'cuda' or
+                                          kernel_checks.allowed('upfirdn2d', kernel_variant(x, f, *args[:2]),
+                                                                x.dtype, x.device)):
         return _upfirdn2d_cuda(*args).apply(x, f)
     return _upfirdn2d_ref(x, f, *args)
+
+
+def kernel_launches(x, f, up, down, padding, flip_filter=False, gain=1):
+    """The launches the CUDA path makes for this forward call, as dicts (op, in_shape, out_shape, dtype).
+
+    A separable filter runs as a row pass then a column pass. Each backward launch maps the output shape
+    back to the input shape, so it has the same element counts as the forward one.
+    """
+    N, C, H, W = [int(s) for s in x.shape]
+    fw, fh = _get_filter_size(f)
+    px0, px1, py0, py1 = padding
+    out_w = _output_size(W, up[0], down[0], px0, px1, fw)
+    out_h = _output_size(H, up[1], down[1], py0, py1, fh)
+    shapes = [[N, C, H, W], [N, C, out_h, out_w]]
+    if f is not None and f.ndim == 1:
+        shapes.insert(1, [N, C, H, out_w])
+    return [dict(op='upfirdn2d', in_shape=a, out_shape=b, dtype=x.dtype) for a, b in zip(shapes[:-1], shapes[1:])]
 
 
 def _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain):
@@ -222,18 +247,67 @@ def _grad_padding(in_w, in_h, out_w, out_h, fw, fh, up, down, padding):
             fh - py0 - 1, in_h * upy - out_h * downy + py0 - upy + 1)
 
 
+_warned_fallback = set()  # reasons already warned about
+
+
+def _split_calls(x, per_plane, call):
+    """call(x), split along N (then C) so that no launch has more than KERNEL_MAX_NUMEL elements.
+
+    Channels are filtered independently, so any split along N or C gives the same values.
+    per_plane: the larger of a plane's input and output element counts.
+    """
+    N, C = int(x.shape[0]), int(x.shape[1])
+    limit = KERNEL_MAX_NUMEL
+    if N * C * per_plane <= limit:
+        return call(x)
+    if C * per_plane <= limit:  # whole images per launch
+        step = limit // (C * per_plane)
+        return torch.cat([call(x[i:i + step]) for i in range(0, N, step)], dim=0)
+    step = limit // per_plane  # one image per launch is too much: groups of channels
+    return torch.cat([torch.cat([call(x[i:i + 1, c:c + step]) for c in range(0, C, step)], dim=1)
+                      for i in range(N)], dim=0)
+
+
+def _plugin_pass(plugin, x, f2, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
+    """One binding call per launch-sized piece of x."""
+    out_w = _output_size(x.shape[3], upx, downx, px0, px1, f2.shape[1])
+    out_h = _output_size(x.shape[2], upy, downy, py0, py1, f2.shape[0])
+    per_plane = max(int(x.shape[2]) * int(x.shape[3]), out_h * out_w)
+    return _split_calls(x, per_plane, lambda part: plugin.upfirdn2d(part, f2, upx, upy, downx, downy, px0, px1,
+                                                                    py0, py1, flip_filter, gain))
+
+
+def _plane_too_large(x, f, up, down, padding):
+    """A one-line reason when even one channel of one image exceeds a launch, else None."""
+    for launch in kernel_launches(x, f, up, down, padding):
+        for shape in (launch['in_shape'], launch['out_shape']):
+            if shape[2] * shape[3] > KERNEL_MAX_NUMEL:
+                return f'upfirdn2d: a plane of {shape[2]}x{shape[3]} exceeds the kernel\'s 32-bit element count'
+    return None
+
+
 def _run_plugin(x, f, up, down, padding, flip_filter, gain):
-    """One or two kernel launches (separable filters run as a horizontal then a vertical pass)."""
+    """One or two kernel launches (separable filters run as a horizontal then a vertical pass).
+
+    Calls larger than a launch allows are split along N and C; a single plane too large for the kernel
+    takes the reference (one warning per process).
+    """
+    reason = _plane_too_large(x, f, up, down, padding)
+    if reason is not None:
+        if reason not in _warned_fallback:
+            _warned_fallback.add(reason)
+            warnings.warn(f'{reason}; using the pure-PyTorch reference for such calls', RuntimeWarning, stacklevel=2)
+        return _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain)
     plugin = _load_plugin(required=True)
     upx, upy = up
     downx, downy = down
     px0, px1, py0, py1 = padding
     f = f.to(device=x.device, dtype=torch.float32).contiguous()
     if f.ndim == 2:
-        return plugin.upfirdn2d(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain)
+        return _plugin_pass(plugin, x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain)
     half_gain = gain ** 0.5
-    x = plugin.upfirdn2d(x, f[None, :], upx, 1, downx, 1, px0, px1, 0, 0, flip_filter, half_gain)
-    return plugin.upfirdn2d(x, f[:, None], 1, upy, 1, downy, 0, 0, py0, py1, flip_filter, half_gain)
+    x = _plugin_pass(plugin, x, f[None, :], upx, 1, downx, 1, px0, px1, 0, 0, flip_filter, half_gain)
+    return _plugin_pass(plugin, x, f[:, None], 1, upy, 1, downy, 0, 0, py0, py1, flip_filter, half_gain)
 
 
 @functools.lru_cache(maxsize=None)
@@ -266,6 +340,67 @@ def _upfirdn2d_cuda(up, down, padding, flip_filter, gain):
 
     return Upfirdn2dCuda
 
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernel variants and their self-check (torch_utils/kernel_checks.py).
+
+# name -> (taps, separable, up, down, padding, channels_last): one call of the variant, as the networks and
+# ADA make it. The tiled cases are the ones launch_tiled() in upfirdn2d.cu specialises.
+KERNEL_VARIANTS = {
+    'tiled 4x4':          ([1, 3, 3, 1], False, 1, 1, [2, 1, 2, 1], False),
+    'tiled 4x4 up2':      ([1, 3, 3, 1], False, 2, 1, [2, 1, 2, 1], False),
+    'tiled 4x4 down2':    ([1, 3, 3, 1], False, 1, 2, [1, 1, 1, 1], False),
+    'tiled 12-tap up2':   ([1, 2, 4, 6, 8, 9, 9, 8, 6, 4, 2, 1], True, 2, 1, [6, 5, 6, 5], False),
+    'tiled 12-tap down2': ([1, 2, 4, 6, 8, 9, 9, 8, 6, 4, 2, 1], True, 1, 2, [5, 5, 5, 5], False),
+    'generic':            ([1, 2, 1], False, 2, 1, [2, 0, 1, 1], False),
+    'generic nhwc':       ([1, 3, 3, 1], False, 2, 1, [2, 1, 2, 1], True),
+}
+
+
+def kernel_variant(x, f, up, down):
+    """The KERNEL_VARIANTS name of the launches a CUDA call with these arguments makes."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return 'generic nhwc'
+    (upx, upy), (downx, downy) = up, down
+    if upx != upy or downx != downy or (upx, downx) not in ((1, 1), (2, 1), (1, 2)):
+        return 'generic'
+    suffix = {(1, 1): '', (2, 1): ' up2', (1, 2): ' down2'}[(upx, downx)]
+    if f.ndim == 2 and tuple(f.shape) == (4, 4):
+        return 'tiled 4x4' + suffix
+    if f.ndim == 1 and f.shape[0] == 12 and suffix:
+        return 'tiled 12-tap' + suffix
+    return 'generic'
+
+
+def _check_variant(variant, dtype, device):
+    """Kernel vs float64 reference on a small random call of `variant`: output and input gradient."""
+    taps, separable, up, down, padding, channels_last = KERNEL_VARIANTS[variant]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn([2, 5, 19, 23], generator=gen).to(device=device, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    f = setup_filter(taps, device=device, separable=separable)
+    args = ((up, up), (down, down), tuple(padding), False, float(up * up))
+    assert kernel_variant(x, f, *args[:2]) == variant
+    x.requires_grad_(True)
+    _upfirdn2d_cuda(*args).apply(x, f)  # warm-up (first launch)
+    y, kernel_ms = kernel_checks.timed(lambda: _upfirdn2d_cuda(*args).apply(x, f), device)
+    _, ref_ms = kernel_checks.timed(lambda: _upfirdn2d_ref(x.detach(), f, *args), device)
+    dy = torch.randn(y.shape, generator=gen).to(device=device, dtype=dtype)
+    (dx,) = torch.autograd.grad(y, [x], dy)
+    x64 = x.detach().to(torch.float64).requires_grad_(True)
+    y64 = _upfirdn2d_ref(x64, f, *args)
+    (dx64,) = torch.autograd.grad(y64, [x64], dy.to(torch.float64))
+    err = max(kernel_checks.max_error(y, y64), kernel_checks.max_error(dx, dx64))
+    return dict(max_error=err, tolerance=kernel_checks.tolerance(dtype), kernel_ms=kernel_ms, ref_ms=ref_ms)
+
+
+@functools.lru_cache(maxsize=None)
+def _build_name():
+    return custom_ops.build_name(_PLUGIN_NAME, _SOURCES + _HEADERS, _BUILD_KWARGS)
+
+
+kernel_checks.register('upfirdn2d', _check_variant, _build_name)
 
 # ----------------------------------------------------------------------------------------------------------
 # Convenience wrappers (upstream's padding conventions).
