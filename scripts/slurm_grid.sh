@@ -31,8 +31,10 @@
 #   STUDY_SIGNAL_SECONDS  seconds before the time limit at which SIGUSR1 is sent (default 300)
 #   STUDY_SBATCH_ARGS   further sbatch arguments, split on whitespace (e.g. "--qos=long --constraint=v100")
 #   STUDY_LOG_DIR       task logs (default RUNS_DIR/slurm-logs, files <jobid>_<task>.out)
+#   STUDY_GRES          --gres: the GPUs each task asks for (default gpu:N, N from --gpus; a typed
+#                       form such as gpu:a100:1 where the cluster names its GPU types; set but empty:
+#                       no --gres, e.g. for a CPU partition)
 #   PYTHON              interpreter for the grid and train.py (default: python), inherited by the tasks
-# GPUs per task come from --gpus (requested as --gres=gpu:N).
 set -euo pipefail
 
 usage() {
@@ -136,8 +138,11 @@ fi
 
 signal_s=${STUDY_SIGNAL_SECONDS:-300}
 [[ $signal_s =~ ^[0-9]+$ ]] || { echo "slurm_grid.sh: STUDY_SIGNAL_SECONDS must be whole seconds, got '$signal_s'" >&2; exit 2; }
-sbatch_cmd=(sbatch --array="$array" --gres="gpu:$gpus" --chdir="$repo" --output="$log_dir/%A_%a.out"
+sbatch_cmd=(sbatch --array="$array" --chdir="$repo" --output="$log_dir/%A_%a.out"
             --signal="B:USR1@$signal_s" --requeue --open-mode=append)
+gres=${STUDY_GRES-gpu:$gpus}  # unset: the default; set but empty: no GRES request
+[[ $gres =~ ^[^[:space:]]*$ ]] || { echo "slurm_grid.sh: STUDY_GRES must not contain spaces, got '$gres'" >&2; exit 2; }
+[[ -n $gres ]] && sbatch_cmd+=(--gres="$gres")
 [[ -n ${STUDY_TIME:-} ]]      && sbatch_cmd+=(--time="$STUDY_TIME")
 [[ -n ${STUDY_CPUS:-} ]]      && sbatch_cmd+=(--cpus-per-task="$STUDY_CPUS")
 [[ -n ${STUDY_MEM:-} ]]       && sbatch_cmd+=(--mem="$STUDY_MEM")

@@ -540,3 +540,19 @@ def test_slurm_submission_calls_sbatch_with_the_array_and_requeue(tmp_path):
     assert '--array=40,41,43,44,45,46,47,120,121,122,123,124,125,126,127' in args  # 42 (seed 0 ddclr) finished
     assert '--signal=B:USR1@300' in args and '--requeue' in args and '--open-mode=append' in args
     assert os.path.isdir(os.path.join(runs, 'slurm-logs'))
+
+
+@pytest.mark.parametrize('gres, expected', [(None, ['--gres=gpu:2']), ('gpu:a100:1', ['--gres=gpu:a100:1']), ('', [])])
+def test_slurm_gres_defaults_to_gpus_and_takes_a_typed_form_or_none(tmp_path, gres, expected):
+    env = {} if gres is None else {'STUDY_GRES': gres}
+    proc = run_script('slurm_grid.sh', make_data(tmp_path), str(tmp_path / 'r'), '--dry-run', '--gpus', '2', env=env)
+    assert proc.returncode == 0, proc.stderr
+    sbatch = shlex.split(proc.stdout.splitlines()[0])
+    assert [a for a in sbatch if a.startswith('--gres')] == expected
+    assert sbatch[sbatch.index('--task') + 3:sbatch.index('--task') + 5] == ['--gpus', '2']  # train.py --gpus stays
+
+
+def test_slurm_gres_with_spaces_is_one_line_error(tmp_path):
+    proc = run_script('slurm_grid.sh', make_data(tmp_path), str(tmp_path / 'r'), '--dry-run',
+                      env={'STUDY_GRES': 'gpu:a100 1'})
+    assert proc.returncode == 2 and proc.stdout == '' and proc.stderr.startswith('slurm_grid.sh: STUDY_GRES')
