@@ -556,3 +556,48 @@ def test_slurm_gres_with_spaces_is_one_line_error(tmp_path):
     proc = run_script('slurm_grid.sh', make_data(tmp_path), str(tmp_path / 'r'), '--dry-run',
                       env={'STUDY_GRES': 'gpu:a100 1'})
     assert proc.returncode == 2 and proc.stdout == '' and proc.stderr.startswith('slurm_grid.sh: STUDY_GRES')
+
+
+def test_slurm_task_warning_before_train_py_catches_it_still_requeues(tmp_path):
+    """SIGUSR1 may come while train.py starts (Slurm sends it up to 30 s early): killed by it, the task
+    still requeues, and the requeued task continues from the last checkpoint."""
+    import signal
+    body = f'import time\nopen({str(tmp_path / "ready")!r}, "w").close()\ntime.sleep(100)\n'  # no handler
+    rc, out, err, calls = _slurm_task(tmp_path, body, signal_after=signal.SIGUSR1)
+    assert rc == 0, err
+    assert calls == ['requeue 1234'] and 'stopped by the warning before it could checkpoint' in out
+
+
+def test_slurm_task_is_not_requeued_after_sigterm(tmp_path):
+    """scancel sends SIGTERM to every process of the job: train.py checkpoints (exit 75), and the task
+    must stay cancelled instead of requeueing itself."""
+    import signal
+    import time
+    body = WAIT_FOR_SIGNAL.format(ready=str(tmp_path / 'ready')).replace('signal.SIGUSR1', 'signal.SIGTERM')
+    body = body.replace("open({!r}, 'w').close()".format(str(tmp_path / 'ready')),
+                        "open({!r}, 'w').write(str(os.getpid()))".format(str(tmp_path / 'ready')))
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (bin_dir / 'scontrol').chmod(0o755)
+    (tmp_path / 'fake_train.py').write_text(body)
+    python = tmp_path / 'python'
+    python.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ]; then exec {sys.executable} "$@"; fi\n'
+                      f'exec {sys.executable} {tmp_path / "fake_train.py"} "$@"\n')
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), SLURM_ARRAY_TASK_ID='42', SLURM_JOB_ID='1234',
+               PATH=f'{bin_dir}:{os.environ["PATH"]}')
+    proc = subprocess.Popen(['bash', os.path.join(ROOT, 'scripts', 'slurm_grid.sh'), '--task', str(tmp_path / 'd'),
+                             str(tmp_path / 'r')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=env)
+    ready = tmp_path / 'ready'
+    for _ in range(600):                      # hang guard: 60 s
+        if ready.exists() and ready.read_text():
+            break
+        time.sleep(0.1)
+    for pid in (proc.pid, int(ready.read_text())):  # as Slurm does: every process of the job
+        os.kill(pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert (tmp_path / 'got-signal').read_text() == str(int(signal.SIGTERM))
+    assert proc.returncode == 75, err
+    assert not (tmp_path / 'scontrol.log').exists() and 'requeueing' not in out
