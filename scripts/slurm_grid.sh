@@ -117,8 +117,10 @@ run_task() {
 }
 
 requeue() {
-    echo "task $SLURM_ARRAY_TASK_ID: $1; requeueing job ${SLURM_JOB_ID:-?}"
-    scontrol requeue "${SLURM_JOB_ID:?SLURM_JOB_ID is not set}"
+    # This task only: the first task's SLURM_JOB_ID is also the array's id, which names every task.
+    local id=${SLURM_ARRAY_JOB_ID:?SLURM_ARRAY_JOB_ID is not set}_$SLURM_ARRAY_TASK_ID
+    echo "task $SLURM_ARRAY_TASK_ID: $1; requeueing $id"
+    scontrol requeue "$id"
 }
 if ((task)); then
     run_task

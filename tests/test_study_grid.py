@@ -473,6 +473,7 @@ def _slurm_task(tmp_path, train_body, signal_after=None):
                       f'exec {sys.executable} {tmp_path / "fake_train.py"} "$@"\n')
     python.chmod(0o755)
     env = dict(os.environ, PYTHON=str(python), SLURM_ARRAY_TASK_ID='42', SLURM_JOB_ID='1234',
+               SLURM_ARRAY_JOB_ID='1200',
                PATH=f'{bin_dir}:{os.environ["PATH"]}')
     proc = subprocess.Popen(['bash', os.path.join(ROOT, 'scripts', 'slurm_grid.sh'), '--task', str(tmp_path / 'd'),
                              str(tmp_path / 'r')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -506,8 +507,8 @@ def test_slurm_task_forwards_the_signal_and_requeues_on_75(tmp_path):
     rc, out, err, calls = _slurm_task(tmp_path, body, signal_after=signal.SIGUSR1)
     assert rc == 0, err
     assert (tmp_path / 'got-signal').read_text() == str(int(signal.SIGUSR1))   # train.py itself got SIGUSR1
-    assert calls == ['requeue 1234']
-    assert 'requeueing job 1234' in out
+    assert calls == ['requeue 1200_42']       # this task only: job 1200 would be the whole array
+    assert 'requeueing 1200_42' in out
 
 
 def test_slurm_task_passes_other_exit_codes_through_without_requeue(tmp_path):
@@ -565,7 +566,7 @@ def test_slurm_task_warning_before_train_py_catches_it_still_requeues(tmp_path):
     body = f'import time\nopen({str(tmp_path / "ready")!r}, "w").close()\ntime.sleep(100)\n'  # no handler
     rc, out, err, calls = _slurm_task(tmp_path, body, signal_after=signal.SIGUSR1)
     assert rc == 0, err
-    assert calls == ['requeue 1234'] and 'stopped by the warning before it could checkpoint' in out
+    assert calls == ['requeue 1200_42'] and 'stopped by the warning before it could checkpoint' in out
 
 
 def test_slurm_task_is_not_requeued_after_sigterm(tmp_path):
@@ -586,6 +587,7 @@ def test_slurm_task_is_not_requeued_after_sigterm(tmp_path):
                       f'exec {sys.executable} {tmp_path / "fake_train.py"} "$@"\n')
     python.chmod(0o755)
     env = dict(os.environ, PYTHON=str(python), SLURM_ARRAY_TASK_ID='42', SLURM_JOB_ID='1234',
+               SLURM_ARRAY_JOB_ID='1200',
                PATH=f'{bin_dir}:{os.environ["PATH"]}')
     proc = subprocess.Popen(['bash', os.path.join(ROOT, 'scripts', 'slurm_grid.sh'), '--task', str(tmp_path / 'd'),
                              str(tmp_path / 'r')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
