@@ -461,8 +461,12 @@ def test_slurm_sbatch_requests_the_signal_and_requeue(tmp_path):
     assert proc.returncode == 0 and '--repeats' in proc.stdout and 'scontrol requeue' in proc.stdout
 
 
-def _slurm_task(tmp_path, train_body, signal_after=None):
-    """Run slurm_grid.sh --task with a fake train.py and a fake scontrol; return (proc, scontrol calls)."""
+def _slurm_task(tmp_path, train_body, signal_after=None, to_train_too=False):
+    """Run slurm_grid.sh --task with a fake train.py and a fake scontrol; return (proc, scontrol calls).
+
+    signal_after: a signal for the task's shell once train.py has written tmp_path/ready (and, with
+    to_train_too, for train.py too, whose pid is in that file: Slurm signals every process of a job).
+    """
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
@@ -481,10 +485,12 @@ def _slurm_task(tmp_path, train_body, signal_after=None):
     if signal_after is not None:
         ready = tmp_path / 'ready'
         for _ in range(600):                  # wait until train.py has installed its handler (hang guard: 60 s)
-            if ready.exists():
+            if ready.exists() and (ready.read_text() or not to_train_too):
                 break
             subprocess.run(['sleep', '0.1'])
         proc.send_signal(signal_after)
+        if to_train_too:
+            os.kill(int(ready.read_text()), signal_after)
     out, err = proc.communicate(timeout=120)
     calls = (tmp_path / 'scontrol.log').read_text().splitlines() if (tmp_path / 'scontrol.log').exists() else []
     return proc.returncode, out, err, calls
@@ -496,7 +502,7 @@ def stop(sig, frame):
     open({{ready!r}}.replace('ready', 'got-signal'), 'w').write(str(sig))
     sys.exit(75)
 signal.signal(signal.SIGUSR1, stop)
-open({{ready!r}}, 'w').close()
+open({{ready!r}}, 'w').write(str(os.getpid()))
 time.sleep(100)
 '''
 
@@ -573,33 +579,8 @@ def test_slurm_task_is_not_requeued_after_sigterm(tmp_path):
     """scancel sends SIGTERM to every process of the job: train.py checkpoints (exit 75), and the task
     must stay cancelled instead of requeueing itself."""
     import signal
-    import time
     body = WAIT_FOR_SIGNAL.format(ready=str(tmp_path / 'ready')).replace('signal.SIGUSR1', 'signal.SIGTERM')
-    body = body.replace("open({!r}, 'w').close()".format(str(tmp_path / 'ready')),
-                        "open({!r}, 'w').write(str(os.getpid()))".format(str(tmp_path / 'ready')))
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    (bin_dir / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
-    (bin_dir / 'scontrol').chmod(0o755)
-    (tmp_path / 'fake_train.py').write_text(body)
-    python = tmp_path / 'python'
-    python.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ]; then exec {sys.executable} "$@"; fi\n'
-                      f'exec {sys.executable} {tmp_path / "fake_train.py"} "$@"\n')
-    python.chmod(0o755)
-    env = dict(os.environ, PYTHON=str(python), SLURM_ARRAY_TASK_ID='42', SLURM_JOB_ID='1234',
-               SLURM_ARRAY_JOB_ID='1200',
-               PATH=f'{bin_dir}:{os.environ["PATH"]}')
-    proc = subprocess.Popen(['bash', os.path.join(ROOT, 'scripts', 'slurm_grid.sh'), '--task', str(tmp_path / 'd'),
-                             str(tmp_path / 'r')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=env)
-    ready = tmp_path / 'ready'
-    for _ in range(600):                      # hang guard: 60 s
-        if ready.exists() and ready.read_text():
-            break
-        time.sleep(0.1)
-    for pid in (proc.pid, int(ready.read_text())):  # as Slurm does: every process of the job
-        os.kill(pid, signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    rc, out, err, calls = _slurm_task(tmp_path, body, signal_after=signal.SIGTERM, to_train_too=True)
     assert (tmp_path / 'got-signal').read_text() == str(int(signal.SIGTERM))
-    assert proc.returncode == 75, err
-    assert not (tmp_path / 'scontrol.log').exists() and 'requeueing' not in out
+    assert rc == 75, err
+    assert calls == [] and 'requeueing' not in out
