@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on this machine, from Debian's packages: a recipe to read and a script to run.
 #
-# Usage (as root, on Debian or Ubuntu):
+# Usage (as root, on Debian; tested on Debian 12 with Slurm 22.05):
 #   tools/slurm_local.sh install   apt-get install slurmctld slurmd slurm-client munge
 #   tools/slurm_local.sh start     write /etc/slurm/slurm.conf and gres.conf, start munged, slurmctld and
 #                                  slurmd, and wait (at most SLURM_LOCAL_WAIT seconds, default 60) until
