@@ -149,6 +149,7 @@ def test_grid_on_slurm_survives_preemption_cancel_and_resubmission(slurm_cluster
         log = logs[run.index]
         starts = log.count(f'task {run.index} on ')    # train.py started
         requeues = log.count('; requeueing ') - log.count('came before train.py started')
+        print(f'{run.name}: train.py started {starts} times, pre-empted {requeues} times')
         assert requeues >= 1, log[-3000:]                   # pre-empted at least once while training
         if run is fixed:
             assert starts == requeues + 1
