@@ -16,9 +16,11 @@
 # command and each task's command.
 #
 # Pre-emption and time limits: the job asks Slurm for SIGUSR1 STUDY_SIGNAL_SECONDS (default 300) before
-# its end (sbatch --signal=B:USR1@300 --requeue); the task forwards it to train.py (a pre-emption's SIGTERM
-# reaches train.py from Slurm directly), which writes a checkpoint and exits with 75; the task then
-# requeues itself (scontrol requeue), and the requeued task continues the run.
+# its end (sbatch --signal=B:USR1@300 --requeue; Slurm may send it up to 30 s earlier); the task forwards
+# it to train.py, which writes a checkpoint and exits with 75; the task then requeues itself
+# (scontrol requeue), and the requeued task continues the run. SIGTERM (scancel, or a pre-emption, which
+# Slurm requeues itself) reaches train.py from Slurm directly: it checkpoints too, and the task is not
+# requeued.
 #
 # The #SBATCH lines above are defaults; these environment variables override them (sbatch options on
 # the command line win over #SBATCH lines):
@@ -31,8 +33,10 @@
 #   STUDY_SIGNAL_SECONDS  seconds before the time limit at which SIGUSR1 is sent (default 300)
 #   STUDY_SBATCH_ARGS   further sbatch arguments, split on whitespace (e.g. "--qos=long --constraint=v100")
 #   STUDY_LOG_DIR       task logs (default RUNS_DIR/slurm-logs, files <jobid>_<task>.out)
+#   STUDY_GRES          --gres: the GPUs each task asks for (default gpu:N, N from --gpus; a typed
+#                       form such as gpu:a100:1 where the cluster names its GPU types; set but empty:
+#                       no --gres, e.g. for a CPU partition)
 #   PYTHON              interpreter for the grid and train.py (default: python), inherited by the tasks
-# GPUs per task come from --gpus (requested as --gres=gpu:N).
 set -euo pipefail
 
 usage() {
@@ -72,19 +76,26 @@ grid_opts=(--repeats "$repeats")
 # Inside the array job: sbatch --chdir put us in the repository root; run this task's command.
 run_task() {
     : "${SLURM_ARRAY_TASK_ID:?slurm_grid.sh --task must run inside a Slurm array job}"
-    local line child rc signalled
+    local line child='' rc warned=0 signalled
+    # Slurm's time-limit warning (--signal=B:USR1) reaches only this shell, and may come at any time
+    # (slurmctld checks limits every 30 s, so up to that much early): note it from the start, and pass
+    # it on to train.py once train.py runs.
+    trap 'warned=1 signalled=1; [[ -z $child ]] || kill -USR1 "$child" 2> /dev/null || true' USR1
     line=$("$python" -m scripts.study_grid commands "$data_dir" "$runs_dir" --gpus "$gpus" "${grid_opts[@]}" \
         --index "$SLURM_ARRAY_TASK_ID" --pending --python "$python" -- "${extra[@]}")
     if [[ $line == \#* ]]; then
         echo "task $SLURM_ARRAY_TASK_ID: ${line#\# }; nothing to do"
         return 0
     fi
+    if ((warned)); then
+        requeue "the time-limit warning came before train.py started"
+        return 0
+    fi
     echo "task $SLURM_ARRAY_TASK_ID on $(hostname): $line"
-    # train.py runs as a child (not exec) so that this shell survives it and can requeue the task;
-    # Slurm's warning signal reaches only this shell (--signal=B:...), so pass it on.
+    # train.py runs as a child (not exec) so that this shell survives it and can requeue the task.
     eval "exec $line" < /dev/null &   # exec: $! is train.py itself, not a subshell around it
     child=$!
-    trap 'signalled=1; kill -USR1 "$child" 2> /dev/null || true' USR1
+    if ((warned)); then kill -USR1 "$child" 2> /dev/null || true; fi  # it came while train.py was being started
     # On pre-emption or scancel Slurm sends SIGTERM to every process of the job, train.py included:
     # only keep waiting for it (a second, forwarded SIGTERM could cut its checkpoint short).
     trap 'signalled=1' TERM
@@ -94,12 +105,22 @@ run_task() {
         ((signalled)) || break  # a trapped signal interrupts wait; bash keeps the child's status for the next wait
     done
     trap - USR1 TERM
-    if ((rc == 75)); then
-        echo "task $SLURM_ARRAY_TASK_ID: train.py checkpointed after a signal; requeueing job ${SLURM_JOB_ID:-?}"
-        scontrol requeue "${SLURM_JOB_ID:?SLURM_JOB_ID is not set}"
-        return 0
+    # Only the time-limit warning requeues: after scancel the task must stay cancelled, and a job
+    # pre-empted with --requeue is requeued by Slurm itself.
+    if ((warned && rc == 75)); then
+        requeue "train.py checkpointed after a signal"
+    elif ((warned && rc == 128 + $(kill -l USR1))); then  # it came before train.py could catch it
+        requeue "train.py was stopped by the warning before it could checkpoint (it continues from its last one)"
+    else
+        return "$rc"
     fi
-    return "$rc"
+}
+
+requeue() {
+    # This task only: the first task's SLURM_JOB_ID is also the array's id, which names every task.
+    local id=${SLURM_ARRAY_JOB_ID:?SLURM_ARRAY_JOB_ID is not set}_$SLURM_ARRAY_TASK_ID
+    echo "task $SLURM_ARRAY_TASK_ID: $1; requeueing $id"
+    scontrol requeue "$id"
 }
 if ((task)); then
     run_task
@@ -136,8 +157,11 @@ fi
 
 signal_s=${STUDY_SIGNAL_SECONDS:-300}
 [[ $signal_s =~ ^[0-9]+$ ]] || { echo "slurm_grid.sh: STUDY_SIGNAL_SECONDS must be whole seconds, got '$signal_s'" >&2; exit 2; }
-sbatch_cmd=(sbatch --array="$array" --gres="gpu:$gpus" --chdir="$repo" --output="$log_dir/%A_%a.out"
+sbatch_cmd=(sbatch --array="$array" --chdir="$repo" --output="$log_dir/%A_%a.out"
             --signal="B:USR1@$signal_s" --requeue --open-mode=append)
+gres=${STUDY_GRES-gpu:$gpus}  # unset: the default; set but empty: no GRES request
+[[ $gres =~ ^[^[:space:]]*$ ]] || { echo "slurm_grid.sh: STUDY_GRES must not contain spaces, got '$gres'" >&2; exit 2; }
+[[ -n $gres ]] && sbatch_cmd+=(--gres="$gres")
 [[ -n ${STUDY_TIME:-} ]]      && sbatch_cmd+=(--time="$STUDY_TIME")
 [[ -n ${STUDY_CPUS:-} ]]      && sbatch_cmd+=(--cpus-per-task="$STUDY_CPUS")
 [[ -n ${STUDY_MEM:-} ]]       && sbatch_cmd+=(--mem="$STUDY_MEM")

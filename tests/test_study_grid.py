@@ -461,8 +461,12 @@ def test_slurm_sbatch_requests_the_signal_and_requeue(tmp_path):
     assert proc.returncode == 0 and '--repeats' in proc.stdout and 'scontrol requeue' in proc.stdout
 
 
-def _slurm_task(tmp_path, train_body, signal_after=None):
-    """Run slurm_grid.sh --task with a fake train.py and a fake scontrol; return (proc, scontrol calls)."""
+def _slurm_task(tmp_path, train_body, signal_after=None, to_train_too=False):
+    """Run slurm_grid.sh --task with a fake train.py and a fake scontrol; return (proc, scontrol calls).
+
+    signal_after: a signal for the task's shell once train.py has written tmp_path/ready (and, with
+    to_train_too, for train.py too, whose pid is in that file: Slurm signals every process of a job).
+    """
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
@@ -473,6 +477,7 @@ def _slurm_task(tmp_path, train_body, signal_after=None):
                       f'exec {sys.executable} {tmp_path / "fake_train.py"} "$@"\n')
     python.chmod(0o755)
     env = dict(os.environ, PYTHON=str(python), SLURM_ARRAY_TASK_ID='42', SLURM_JOB_ID='1234',
+               SLURM_ARRAY_JOB_ID='1200',
                PATH=f'{bin_dir}:{os.environ["PATH"]}')
     proc = subprocess.Popen(['bash', os.path.join(ROOT, 'scripts', 'slurm_grid.sh'), '--task', str(tmp_path / 'd'),
                              str(tmp_path / 'r')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -480,10 +485,12 @@ def _slurm_task(tmp_path, train_body, signal_after=None):
     if signal_after is not None:
         ready = tmp_path / 'ready'
         for _ in range(600):                  # wait until train.py has installed its handler (hang guard: 60 s)
-            if ready.exists():
+            if ready.exists() and (ready.read_text() or not to_train_too):
                 break
             subprocess.run(['sleep', '0.1'])
         proc.send_signal(signal_after)
+        if to_train_too:
+            os.kill(int(ready.read_text()), signal_after)
     out, err = proc.communicate(timeout=120)
     calls = (tmp_path / 'scontrol.log').read_text().splitlines() if (tmp_path / 'scontrol.log').exists() else []
     return proc.returncode, out, err, calls
@@ -495,7 +502,7 @@ def stop(sig, frame):
     open({{ready!r}}.replace('ready', 'got-signal'), 'w').write(str(sig))
     sys.exit(75)
 signal.signal(signal.SIGUSR1, stop)
-open({{ready!r}}, 'w').close()
+open({{ready!r}}, 'w').write(str(os.getpid()))
 time.sleep(100)
 '''
 
@@ -506,8 +513,8 @@ def test_slurm_task_forwards_the_signal_and_requeues_on_75(tmp_path):
     rc, out, err, calls = _slurm_task(tmp_path, body, signal_after=signal.SIGUSR1)
     assert rc == 0, err
     assert (tmp_path / 'got-signal').read_text() == str(int(signal.SIGUSR1))   # train.py itself got SIGUSR1
-    assert calls == ['requeue 1234']
-    assert 'requeueing job 1234' in out
+    assert calls == ['requeue 1200_42']       # this task only: job 1200 would be the whole array
+    assert 'requeueing 1200_42' in out
 
 
 def test_slurm_task_passes_other_exit_codes_through_without_requeue(tmp_path):
@@ -540,3 +547,40 @@ def test_slurm_submission_calls_sbatch_with_the_array_and_requeue(tmp_path):
     assert '--array=40,41,43,44,45,46,47,120,121,122,123,124,125,126,127' in args  # 42 (seed 0 ddclr) finished
     assert '--signal=B:USR1@300' in args and '--requeue' in args and '--open-mode=append' in args
     assert os.path.isdir(os.path.join(runs, 'slurm-logs'))
+
+
+@pytest.mark.parametrize('gres, expected', [(None, ['--gres=gpu:2']), ('gpu:a100:1', ['--gres=gpu:a100:1']), ('', [])])
+def test_slurm_gres_defaults_to_gpus_and_takes_a_typed_form_or_none(tmp_path, gres, expected):
+    env = {} if gres is None else {'STUDY_GRES': gres}
+    proc = run_script('slurm_grid.sh', make_data(tmp_path), str(tmp_path / 'r'), '--dry-run', '--gpus', '2', env=env)
+    assert proc.returncode == 0, proc.stderr
+    sbatch = shlex.split(proc.stdout.splitlines()[0])
+    assert [a for a in sbatch if a.startswith('--gres')] == expected
+    assert sbatch[sbatch.index('--task') + 3:sbatch.index('--task') + 5] == ['--gpus', '2']  # train.py --gpus stays
+
+
+def test_slurm_gres_with_spaces_is_one_line_error(tmp_path):
+    proc = run_script('slurm_grid.sh', make_data(tmp_path), str(tmp_path / 'r'), '--dry-run',
+                      env={'STUDY_GRES': 'gpu:a100 1'})
+    assert proc.returncode == 2 and proc.stdout == '' and proc.stderr.startswith('slurm_grid.sh: STUDY_GRES')
+
+
+def test_slurm_task_warning_before_train_py_catches_it_still_requeues(tmp_path):
+    """SIGUSR1 may come while train.py starts (Slurm sends it up to 30 s early): killed by it, the task
+    still requeues, and the requeued task continues from the last checkpoint."""
+    import signal
+    body = f'import time\nopen({str(tmp_path / "ready")!r}, "w").close()\ntime.sleep(100)\n'  # no handler
+    rc, out, err, calls = _slurm_task(tmp_path, body, signal_after=signal.SIGUSR1)
+    assert rc == 0, err
+    assert calls == ['requeue 1200_42'] and 'stopped by the warning before it could checkpoint' in out
+
+
+def test_slurm_task_is_not_requeued_after_sigterm(tmp_path):
+    """scancel sends SIGTERM to every process of the job: train.py checkpoints (exit 75), and the task
+    must stay cancelled instead of requeueing itself."""
+    import signal
+    body = WAIT_FOR_SIGNAL.format(ready=str(tmp_path / 'ready')).replace('signal.SIGUSR1', 'signal.SIGTERM')
+    rc, out, err, calls = _slurm_task(tmp_path, body, signal_after=signal.SIGTERM, to_train_too=True)
+    assert (tmp_path / 'got-signal').read_text() == str(int(signal.SIGTERM))
+    assert rc == 75, err
+    assert calls == [] and 'requeueing' not in out
