@@ -21,7 +21,7 @@ import click
 from dnnlib import cli
 
 from dataset_build import convert, images, study, verify as verify_mod
-from dataset_build.errors import DatasetToolError
+from dataset_build.errors import DatasetToolError, UsageError
 
 _FILTERS = click.Choice(sorted(images.RESIZE_FILTERS))
 _CONTEXT = dict(help_option_names=['-h', '--help'], max_content_width=100)
@@ -39,13 +39,22 @@ def _first_interrupt(signum, _frame):
     raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
+class _UsageExit(click.ClickException):
+    """A usage error: one 'Error:' line like any other, exit status 2 (cli.EXIT_USAGE)."""
+
+    exit_code = cli.EXIT_USAGE
+
+
 def _user_errors(func, *args, interrupted='Interrupted: stopped; temporary files removed, --dest unchanged', **kwargs):
-    """Run func; a DatasetToolError becomes click's one-line 'Error: ...' with exit status 1, and
+    """Run func; a DatasetToolError becomes click's one-line 'Error: ...' with exit status 1 (2 for a
+    UsageError), and
     Ctrl-C / SIGTERM one line with exit status 130 / 75 (the workers are stopped and temporary files
     removed on the way out)."""
     old = {s: signal.signal(s, _first_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = func(*args, **kwargs)
+    except UsageError as e:
+        raise _UsageExit(str(e)) from None
     except DatasetToolError as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt as e:

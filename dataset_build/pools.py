@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 
-from dataset_build.errors import BadImage, DatasetToolError
+from dataset_build.errors import BadImage, UsageError
 from dataset_build.images import decode_image
 from dataset_build.parallel import ordered_map, progress_bar
 from dnnlib.util import image_extensions, is_image_name
@@ -53,7 +53,7 @@ def _walk(root, recursive):
 def list_real_pool(celeba_dir):
     """The real pool: image files of `CelebA-HQ-img/` (or of the folder itself), in numeric order."""
     if not celeba_dir or not os.path.isdir(celeba_dir):
-        raise DatasetToolError(f'--celeba-dir: {celeba_dir} is not a folder')
+        raise UsageError(f'--celeba-dir: {celeba_dir} is not a folder')
     sub = os.path.join(celeba_dir, CELEBA_IMAGE_DIR)
     root = os.path.abspath(sub if os.path.isdir(sub) else celeba_dir)
     return Pool('real', root, *_walk(root, recursive=False))
@@ -62,7 +62,7 @@ def list_real_pool(celeba_dir):
 def list_generated_pool(generated_dir):
     """The generated pool: image files anywhere below `generated_dir`."""
     if not generated_dir or not os.path.isdir(generated_dir):
-        raise DatasetToolError(f'--generated-dir: {generated_dir} is not a folder')
+        raise UsageError(f'--generated-dir: {generated_dir} is not a folder')
     root = os.path.abspath(generated_dir)
     return Pool('generated', root, *_walk(root, recursive=True))
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from dataset_build import pools as pools_mod
 from dataset_build.archive import add_zip_entry, archive_name, json_bytes
-from dataset_build.errors import BadImage, DatasetToolError, write_error, writing
+from dataset_build.errors import BadImage, DatasetToolError, UsageError, write_error, writing
 from dataset_build.images import DEFAULT_RESIZE_FILTER, RESIZE_FILTERS, decode_image, encode_png, is_power_of_two
 from dataset_build.parallel import interrupts_deferred, ordered_map, progress_bar
 from dataset_build.selection import SELECTION, plan_study_sets
@@ -118,7 +118,7 @@ def _check_options(num_subsets, subset_size, num_generated, resolution, seed, re
     ]
     for ok, flag, message in checks:
         if not ok:
-            raise DatasetToolError(f'{flag}: {message}')
+            raise UsageError(f'{flag}: {message}')
 
 
 def _check_dest(dest, names, overwrite):
