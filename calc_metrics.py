@@ -16,6 +16,7 @@ import tempfile
 import click
 
 import dnnlib
+from dnnlib import cli
 
 # torch, the metrics and the network code are imported inside the functions that need them, so that
 # `--help` and argument errors answer at once.
@@ -194,7 +195,7 @@ def parse_comma_list(ctx, param, value):
     return [v.strip() for v in value.split(',') if v.strip()]
 
 
-@click.command()
+@cli.command()
 @click.option('--network', 'network', metavar='PKL|URL|RUN_DIR', required=True,
               help='Snapshot pickle, URL, resume name (ffhq512, ...) or run directory (all network-snapshot-*.pkl)')
 @click.option('--metrics', metavar='LIST', default='fid50k_full', show_default=True, callback=parse_comma_list,
@@ -220,12 +221,18 @@ def main(**kwargs):
         return
     import torch
     from metrics.detector import DetectorUnavailable
+    from torch_utils import distributed
     try:
         if args.num_gpus == 1:
             evaluate(0, args)
         else:
             with tempfile.TemporaryDirectory() as temp_dir:
-                torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus)
+                context = torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus,
+                                                      join=False)
+                while not distributed.join_ranks(context):
+                    pass
+    except distributed.RankFailed as e:
+        raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(_one_line(e)) from None
     except (ValueError, DetectorUnavailable) as e:
@@ -247,6 +254,7 @@ def check_args(args):
         if not os.path.exists(args.data):
             raise click.BadParameter(f'no such file or directory: {args.data}', param_hint='--data')
         open_dataset(dnnlib.util.EasyDict(class_name='training.dataset.ImageFolderDataset', path=args.data), '--data')
+    _check_detector(args.detector)
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.device == 'cuda' and not torch.cuda.is_available():
@@ -257,6 +265,16 @@ def check_args(args):
     args.snapshots = list_snapshots(args.network)
     if not args.snapshots:
         raise click.BadParameter(f'no network-snapshot-*.pkl in {args.network}', param_hint='--network')
+
+
+def _check_detector(spec):
+    """A --detector PATH must exist before any network or dataset is loaded (names and URLs resolve later)."""
+    if spec in ('auto', 'nvidia', 'fid-helper') or dnnlib.util.is_url(spec):
+        return
+    if not os.path.isfile(spec):
+        why = 'is a directory, not a TorchScript file' if os.path.isdir(spec) else 'no such file'
+        raise click.BadParameter(f'{spec}: {why} (expected auto, nvidia, fid-helper, a path or a URL)',
+                                 param_hint='--detector')
 
 
 if __name__ == '__main__':

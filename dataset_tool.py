@@ -18,33 +18,48 @@ import sys
 
 import click
 
+from dnnlib import cli
+
 from dataset_build import convert, images, study, verify as verify_mod
-from dataset_build.errors import DatasetToolError
+from dataset_build.errors import DatasetToolError, UsageError
 
 _FILTERS = click.Choice(sorted(images.RESIZE_FILTERS))
 _CONTEXT = dict(help_option_names=['-h', '--help'], max_content_width=100)
-INTERRUPTED_EXIT = 130  # the shell's code for a command ended by SIGINT
+INTERRUPTED_EXIT = cli.EXIT_INTERRUPTED
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: cleaned up like Ctrl-C, but exits with cli.EXIT_PREEMPTED (run the command again)."""
 
 
 def _first_interrupt(signum, _frame):
     # Further Ctrl-Cs (or SIGTERMs) are ignored, so they cannot break the cleanup of the first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+class _UsageExit(click.ClickException):
+    """A usage error: one 'Error:' line like any other, exit status 2 (cli.EXIT_USAGE)."""
+
+    exit_code = cli.EXIT_USAGE
 
 
 def _user_errors(func, *args, interrupted='Interrupted: stopped; temporary files removed, --dest unchanged', **kwargs):
-    """Run func; a DatasetToolError becomes click's one-line 'Error: ...' with exit status 1, and
-    Ctrl-C / SIGTERM one line with exit status 130 (the workers are stopped and temporary files
+    """Run func; a DatasetToolError becomes click's one-line 'Error: ...' with exit status 1 (2 for a
+    UsageError), and
+    Ctrl-C / SIGTERM one line with exit status 130 / 75 (the workers are stopped and temporary files
     removed on the way out)."""
     old = {s: signal.signal(s, _first_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = func(*args, **kwargs)
+    except UsageError as e:
+        raise _UsageExit(str(e)) from None
     except DatasetToolError as e:
         raise click.ClickException(str(e)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         click.echo(interrupted, err=True)  # signals stay ignored: another Ctrl-C cannot add a traceback
-        raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+        raise click.exceptions.Exit(cli.EXIT_PREEMPTED if isinstance(e, _Terminated) else INTERRUPTED_EXIT) from None
     finally:
         if signal.getsignal(signal.SIGINT) is _first_interrupt:
             for s, handler in old.items():
@@ -55,7 +70,7 @@ def _user_errors(func, *args, interrupted='Interrupted: stopped; temporary files
 # ----------------------------------------------------------------------------
 
 
-@click.group(invoke_without_command=True, context_settings=_CONTEXT)
+@click.group(cls=cli.Group, invoke_without_command=True, context_settings=_CONTEXT)
 @click.pass_context
 @click.option('--source', metavar='PATH', help='Input: image folder (recursive), image .zip, '
               'cifar-10-python.tar.gz or train-images-idx3-ubyte.gz  [required without a subcommand]')

@@ -20,6 +20,7 @@ import numpy as np
 import PIL.Image
 
 import dnnlib
+from dnnlib import cli
 
 # torch is imported inside the functions that use it: `--help` and argument errors answer at once.
 
@@ -265,7 +266,7 @@ class SeedList(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
-@click.command()
+@cli.command()
 @click.option('--network', 'network_pkl', required=True, help='Network pickle: path, URL or resume name (e.g. ffhq512).')
 @click.option('--seeds', type=SeedList(), help='Seeds, e.g. 0-7, 1,5,9 or 1,3-5 (required unless --projected-w).')
 @click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi.')
@@ -295,7 +296,7 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
     if not (dnnlib.util.is_url(network_pkl) or os.path.isfile(network_pkl) or _is_resume_name(network_pkl)):
         raise click.BadParameter(f'no such file: {network_pkl}', param_hint='--network')
     try:
-        dnnlib.util.ensure_output_dir(outdir)  # before the (possibly downloaded) network is loaded
+        dnnlib.util.check_output_dir(outdir)  # before the (possibly downloaded) network is loaded; writes nothing
     except OSError as err:
         raise click.ClickException(dnnlib.util.os_error_line(err, '--outdir')) from None
     print(f'Loading network from "{network_pkl}"...')
@@ -325,6 +326,7 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
         pattern = 'seed%04d.png'
 
     try:
+        dnnlib.util.ensure_output_dir(outdir)  # only now: a refused network or option leaves no empty folder
         _save_all(records, pattern, outdir, grid, grid_cols)
     except OSError as err:  # e.g. the disk filled up: the file being written is removed, the rest kept
         raise click.ClickException(dnnlib.util.os_error_line(err, '--outdir')) from None

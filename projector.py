@@ -29,6 +29,7 @@ import numpy as np
 import PIL.Image
 
 import dnnlib
+from dnnlib import cli
 
 # torch and metrics.vgg16 (which needs torch) are imported inside the functions that use them:
 # `--help` and argument errors answer at once.
@@ -343,7 +344,7 @@ def _setup(network_pkl, target_fname, device):
     return G, prepare_target(target, G.img_resolution, G.img_channels), vgg
 
 
-@click.command()
+@cli.command()
 @click.option('--network', 'network_pkl', required=True, help='Network pickle: path, URL or resume name (e.g. ffhq512).')
 @click.option('--target', 'target_fname', required=True, metavar='FILE',
               help='Target image (centre-cropped to a square and resized to the network\'s resolution).')

@@ -20,6 +20,8 @@ import click
 import numpy as np
 import PIL.Image
 
+from dnnlib import cli
+
 from generate import SeedList
 from projector import load_unconditional, make_outdir, save_png
 
@@ -113,7 +115,7 @@ def _load(network_pkl, device, styles, truncation_psi):
     return G, dev
 
 
-@click.command()
+@cli.command()
 @click.option('--network', 'network_pkl', required=True, help='Network pickle: path, URL or resume name (e.g. ffhq512).')
 @click.option('--rows', 'row_seeds', type=SeedList('range'), required=True, help='Row seeds, e.g. 85,100,75 or 1-3.')
 @click.option('--cols', 'col_seeds', type=SeedList('range'), required=True, help='Column seeds, e.g. 55,821 or 10-12.')

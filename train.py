@@ -5,8 +5,9 @@ training-state checkpoint); for a finished run it says so in one line and exits 
 fresh run instead, and `--resume <run dir>` continues that run explicitly. `--resume <pkl|URL|ffhq512...>`
 is transfer learning: weights only, counters at 0.
 
-Exit status: 0 finished, 1 or 2 an error (one line), 75 stopped by SIGTERM/SIGUSR1 after writing a
-checkpoint (EX_TEMPFAIL: run the same command again to continue).
+Exit status (dnnlib/cli.py, docs/exit-codes.md): 0 finished, 2 a bad option or input, 1 another failure
+(one 'Error:' line each), 75 stopped by SIGTERM/SIGUSR1 after writing a checkpoint (EX_TEMPFAIL: run the
+same command again to continue), 130 interrupted by Ctrl-C (continues from the last checkpoint).
 """
 
 import errno
@@ -15,10 +16,11 @@ import os
 import click
 
 import dnnlib
+from dnnlib import cli
 from training import options as opt_lib
 from training import run_dir as run_dir_lib
 
-EXIT_PREEMPTED = 75  # training.preempt.EXIT_PREEMPTED (not imported here: --help stays fast)
+EXIT_PREEMPTED = cli.EXIT_PREEMPTED  # as training.preempt's (not imported here: --help stays fast)
 
 # ----------------------------------------------------------------------------
 # Helpers between the CLI and the option translation.
@@ -112,7 +114,7 @@ def finished_line(run_dir):
 def _progress_kind(run_dir, flag):
     """'none', 'continue' or 'finished' for a run dir; an unreadable state is an error naming it."""
     from torch_utils import checkpoint
-    progress = checkpoint.run_progress(run_dir)
+    progress = checkpoint.run_progress(run_dir, verify=True)  # what the loader will find, checksums included
     if progress == 'unreadable':
         raise opt_lib.OptionError(flag, f'{run_dir}: its training-state files are all damaged; move them away '
                                         f'to start that run over, or pass --new-run')
@@ -121,8 +123,14 @@ def _progress_kind(run_dir, flag):
     return 'finished' if progress.get('finished') else 'continue'
 
 
-def _plan(kind, run_dir, lock=None, desc=None):
-    return dnnlib.EasyDict(kind=kind, run_dir=run_dir, lock=lock, desc=desc)
+def _release(plan):
+    """Drop the lock of a plan that will not run."""
+    if plan is not None and plan.lock is not None:
+        plan.lock.close()
+
+
+def _plan(kind, run_dir, lock=None, desc=None, flag='--outdir'):
+    return dnnlib.EasyDict(kind=kind, run_dir=run_dir, lock=lock, desc=desc, flag=flag)
 
 
 def _continue_explicit(run_dir):
@@ -134,7 +142,7 @@ def _continue_explicit(run_dir):
     if kind == 'none':
         raise opt_lib.OptionError('--resume', f'{run_dir}: no training-state-*.pt to continue from')
     args.run_dir = run_dir
-    return args, _plan(kind, run_dir)
+    return args, _plan(kind, run_dir, flag='--resume')
 
 
 def _previous_run(outdir, args, dry_run):
@@ -187,6 +195,29 @@ def prepare(opts, allow_download=True):
             return args, plan
     args.run_dir = run_dir_lib.next_run_dir(opts['outdir'], desc)
     return args, _plan('new', args.run_dir, desc=desc)
+
+
+def _check_output_dir(args, plan):
+    """The run directory (or the folder it will be created in) must take files; checked without writing."""
+    folder, flag = (args.run_dir, plan.flag) if plan.kind != 'new' else (os.path.dirname(args.run_dir), '--outdir')
+    try:
+        dnnlib.util.check_output_dir(folder)
+    except OSError as e:
+        what = 'cannot create a run directory there' if plan.kind == 'new' else 'cannot continue the run there'
+        why = 'it is a file, not a directory' if e.errno == errno.ENOTDIR else e.strerror
+        raise opt_lib.OptionError(flag, f'{folder}: {what}: {why}') from None
+
+
+def preflight(args, plan):
+    """Everything the run will need, checked before its first step; the dry run calls the same checks.
+
+    Raises:
+        OptionError naming the flag.
+    """
+    if plan.kind == 'finished':
+        return
+    opt_lib.check_run_datasets(args)
+    _check_output_dir(args, plan)
 
 
 # ----------------------------------------------------------------------------
@@ -272,6 +303,7 @@ def _run_torchrun(opts):
     if env['rank'] == 0:
         try:
             args, plan = prepare(opts)
+            preflight(args, plan)
             if args.num_gpus != env['world_size']:
                 raise opt_lib.OptionError('--gpus', f'{args.num_gpus} does not match torchrun WORLD_SIZE '
                                                     f'{env["world_size"]}')
@@ -294,10 +326,10 @@ def _run_torchrun(opts):
 
 def _train_with_one_line_errors(fn, *args):
     """Run fn; a damaged checkpoint or a write that fails (full disk, read-only) is one line, not a traceback."""
-    from torch_utils import checkpoint
+    from torch_utils import checkpoint, distributed
     try:
         return fn(*args)
-    except checkpoint.UnreadableState as e:
+    except (checkpoint.UnreadableState, distributed.RankFailed) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
@@ -322,7 +354,8 @@ class _CommaList(click.ParamType):
         return ','.join(s.strip() for s in str(value).split(','))
 
 
-@click.command(context_settings=dict(max_content_width=100, terminal_width=100))
+@cli.command(interrupted_line='Interrupted: run the same command again to continue from the last checkpoint.',
+             context_settings=dict(max_content_width=100, terminal_width=100))
 # General options.
 @click.option('--outdir', help='Parent directory of the run directories', metavar='DIR')
 @click.option('--gpus', help='Processes to train with, one per GPU; a power of two', type=int, metavar='INT', default=D['gpus'], show_default=True)
@@ -420,6 +453,7 @@ def main(ctx, **opts):
     dry_run = opts.pop('dry_run')
     opts = {k: v for k, v in opts.items() if v is not None}
     opts['new_run'] = bool(opts.get('new_run'))
+    plan = None
     try:
         from torch_utils import distributed
         if distributed.torchrun_env() is not None and not dry_run:
@@ -430,7 +464,9 @@ def main(ctx, **opts):
         except ValueError as e:
             raise opt_lib.OptionError('--device', str(e)) from None
         args, plan = prepare(opts, allow_download=not dry_run)
+        preflight(args, plan)
     except opt_lib.OptionError as e:
+        _release(plan)
         _fail(e)
     if plan.kind == 'finished':
         print(finished_line(plan.run_dir))

@@ -27,7 +27,7 @@ import numpy as np
 import PIL.Image
 
 from dataset_build.archive import ArchiveWriter, archive_name, check_destination, json_bytes
-from dataset_build.errors import BadImage, DatasetToolError, writing
+from dataset_build.errors import BadImage, DatasetToolError, UsageError, writing
 from dataset_build.images import (DEFAULT_RESIZE_FILTER, RESIZE_FILTERS, decode_image, encode_png,
                                   is_power_of_two)
 from dataset_build.parallel import ordered_map, progress_bar, worker_state
@@ -206,9 +206,9 @@ def list_source(source):
         (list of SourceItem, sorted names of the files ignored because they are not images).
     """
     if not source:
-        raise DatasetToolError('--source: must not be empty')
+        raise UsageError('--source: must not be empty')
     if not os.path.exists(source):
-        raise DatasetToolError(f'--source: {source} does not exist')
+        raise UsageError(f'--source: {source} does not exist')
     if os.path.isdir(source):
         if source.rstrip('/\\').endswith('_lmdb'):
             raise DatasetToolError(f'--source: {source}: LSUN LMDB input is not supported; export it to images first')
@@ -270,14 +270,14 @@ def convert_item(item, spec=None):
 
 def _check_options(transform, width, height, resize_filter, max_images):
     if resize_filter not in RESIZE_FILTERS:
-        raise DatasetToolError(f'--resize-filter: must be one of {", ".join(RESIZE_FILTERS)}')
+        raise UsageError(f'--resize-filter: must be one of {", ".join(RESIZE_FILTERS)}')
     if transform is not None and transform not in TRANSFORMS:
-        raise DatasetToolError(f'--transform: must be one of {", ".join(TRANSFORMS)}')
+        raise UsageError(f'--transform: must be one of {", ".join(TRANSFORMS)}')
     if transform is not None and (width is None or height is None):
-        raise DatasetToolError(f'--transform={transform} needs both --width and --height')
+        raise UsageError(f'--transform={transform} needs both --width and --height')
     for flag, value in (('--width', width), ('--height', height)):
         if value is not None and value < 1:
-            raise DatasetToolError(f'{flag}: must be >= 1')
+            raise UsageError(f'{flag}: must be >= 1')
     if max_images is not None and max_images < 0:
         raise DatasetToolError('--max-images: must be >= 0')
 

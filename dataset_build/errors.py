@@ -9,6 +9,11 @@ class DatasetToolError(Exception):
     """A user-input problem; the message is one line naming the flag or file."""
 
 
+class UsageError(DatasetToolError):
+    """The command line itself is wrong (an option's value, a missing option, a path that does not
+    exist): exit status 2, as click's own usage errors."""
+
+
 class BadImage(Exception):
     """One input image cannot be used; the message is the reason recorded in the report."""
 

@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 
-from dataset_build.errors import BadImage, DatasetToolError
+from dataset_build.errors import BadImage, UsageError
 from dataset_build.images import decode_image
 from dataset_build.parallel import ordered_map, progress_bar
 from dnnlib.util import image_extensions, is_image_name
@@ -53,7 +53,7 @@ def _walk(root, recursive):
 def list_real_pool(celeba_dir):
     """The real pool: image files of `CelebA-HQ-img/` (or of the folder itself), in numeric order."""
     if not celeba_dir or not os.path.isdir(celeba_dir):
-        raise DatasetToolError(f'--celeba-dir: {celeba_dir} is not a folder')
+        raise UsageError(f'--celeba-dir: {celeba_dir} is not a folder')
     sub = os.path.join(celeba_dir, CELEBA_IMAGE_DIR)
     root = os.path.abspath(sub if os.path.isdir(sub) else celeba_dir)
     return Pool('real', root, *_walk(root, recursive=False))
@@ -62,7 +62,7 @@ def list_real_pool(celeba_dir):
 def list_generated_pool(generated_dir):
     """The generated pool: image files anywhere below `generated_dir`."""
     if not generated_dir or not os.path.isdir(generated_dir):
-        raise DatasetToolError(f'--generated-dir: {generated_dir} is not a folder')
+        raise UsageError(f'--generated-dir: {generated_dir} is not a folder')
     root = os.path.abspath(generated_dir)
     return Pool('generated', root, *_walk(root, recursive=True))
 
@@ -72,11 +72,13 @@ def list_generated_pool(generated_dir):
 
 
 def _size_problem(w, h, resolution):
+    """(problem, fix, group) of a decoded image's size, all None when it fits."""
     if w != h:
-        return f'not square ({w}x{h})', 'crop it to a square, or delete it'
+        return f'not square ({w}x{h})', 'crop it to a square, or delete it', 'not square'
     if w < resolution:
-        return f'{w}x{h} is smaller than --resolution={resolution}', 'lower --resolution, or delete it'
-    return None, None
+        return (f'{w}x{h} is smaller than --resolution={resolution}', 'lower --resolution, or delete it',
+                f'smaller than --resolution={resolution}')
+    return None, None, None
 
 
 def inspect_file(task):
@@ -90,22 +92,24 @@ def inspect_file(task):
     """
     kind, root, file_id, resolution = task
     path = os.path.join(root, *file_id.split('/'))
-    out = dict(kind=kind, id=file_id, path=path, sha256=None, size=None, notes=[], problem=None, fix=None)
+    # `group` names the problem's kind (for the grouped summary of a long list).
+    out = dict(kind=kind, id=file_id, path=path, sha256=None, size=None, notes=[], problem=None, fix=None, group=None)
     try:
         with open(path, 'rb') as f:
             data = f.read()
     except OSError as e:
-        out.update(problem=f'cannot read ({e.strerror or e})', fix='check its permissions, or delete it')
+        out.update(problem=f'cannot read ({e.strerror or e})', fix='check its permissions, or delete it',
+                   group='cannot be read')
         return out
     out['sha256'] = hashlib.sha256(data).hexdigest()
     try:
         decoded = decode_image(data, file_id)
     except BadImage as e:
-        out.update(problem=str(e), fix='re-download it, or delete it')
+        out.update(problem=str(e), fix='re-download it, or delete it', group='cannot be decoded')
         return out
     out['size'] = decoded.image.size
     out['notes'] = decoded.notes + (['L -> RGB'] if decoded.image.mode == 'L' else [])
-    out['problem'], out['fix'] = _size_problem(*decoded.image.size, resolution)
+    out['problem'], out['fix'], out['group'] = _size_problem(*decoded.image.size, resolution)
     return out
 
 
@@ -153,11 +157,25 @@ def mark_duplicates(records):
             where = 'the real image' if original['kind'] == 'real' else 'the generated image'
             r['problem'] = f'byte-identical copy of {where} {original["path"]}'
             r['fix'] = 'delete this copy'
+            r['group'] = 'byte-identical copies'
 
 
 def problem_lines(records):
     """One line per unusable file: 'path: problem -> what to do'."""
     return [f'  {r["path"]}: {r["problem"]} -> {r["fix"]}' for r in records if r['problem']]
+
+
+def grouped_problem_lines(records, examples=3):
+    """The unusable files by kind of problem: a count, what to do, and the first few as examples."""
+    groups = collections.defaultdict(list)
+    for r in records:
+        if r['problem']:
+            groups[r['group'] or r['problem']].append(r)
+    lines = []
+    for group, members in groups.items():
+        lines.append(f'  {len(members)} file(s): {group} -> {members[0]["fix"]}')
+        lines += [f'      e.g. {r["path"]}: {r["problem"]}' for r in members[:examples]]
+    return lines
 
 
 def note_lines(records, limit=None):

@@ -31,7 +31,7 @@ import numpy as np
 
 from dataset_build import pools as pools_mod
 from dataset_build.archive import add_zip_entry, archive_name, json_bytes
-from dataset_build.errors import BadImage, DatasetToolError, writing
+from dataset_build.errors import BadImage, DatasetToolError, UsageError, write_error, writing
 from dataset_build.images import DEFAULT_RESIZE_FILTER, RESIZE_FILTERS, decode_image, encode_png, is_power_of_two
 from dataset_build.parallel import interrupts_deferred, ordered_map, progress_bar
 from dataset_build.selection import SELECTION, plan_study_sets
@@ -118,7 +118,7 @@ def _check_options(num_subsets, subset_size, num_generated, resolution, seed, re
     ]
     for ok, flag, message in checks:
         if not ok:
-            raise DatasetToolError(f'{flag}: {message}')
+            raise UsageError(f'{flag}: {message}')
 
 
 def _check_dest(dest, names, overwrite):
@@ -126,6 +126,10 @@ def _check_dest(dest, names, overwrite):
         raise DatasetToolError('--dest: output path must not be empty')
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise DatasetToolError(f'--dest: {dest} is a file, not a folder')
+    try:
+        util.check_output_dir(dest)  # a read-only or foreign folder is refused before the long decode pass
+    except OSError as e:
+        raise write_error(e, '--dest', dest) from None
     existing = [n for n in names if os.path.lexists(os.path.join(dest, n))]
     if existing and not overwrite:
         raise DatasetToolError(f'--dest: {os.path.join(dest, existing[0])} already exists '
@@ -136,26 +140,52 @@ def _check_dest(dest, names, overwrite):
 # The planning pass.
 
 
-def _plan(pools, num_subsets, subset_size, num_generated, resolution, seed, skip_bad, workers, log, progress):
-    """Inspect both pools; stop with the full problem list unless it is empty or skip_bad."""
+SHOWN_PROBLEMS = 10  # a longer problem list is printed grouped by kind, in full only in a report file
+
+
+def _problem_report(problems, dest):
+    """Write the full problem list beside --dest (else into the temp folder); returns its path."""
+    text = 'Unusable source files (file: problem -> what to do):\n' + '\n'.join(problems) + '\n'
+    path = os.path.abspath(dest).rstrip(os.sep) + '.problems.txt'
+    try:
+        util.atomic_write_text(path, text)
+    except OSError:  # a folder we cannot write: the temp folder still can
+        fd, path = tempfile.mkstemp(prefix='dataset_tool-problems-', suffix='.txt')
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+    return path
+
+
+def _log_problems(records, resolution, skip_bad, dest, log):
+    """Print the unusable files (grouped when many, the full list in a report file); returns (count, hint)."""
+    problems = pools_mod.problem_lines(records)
+    hint = pools_mod.resolution_hint(records, resolution)
+    if not problems:
+        return 0, hint
+    log(f'{"Left out (--skip-bad)" if skip_bad else "Unusable files"} (file: problem -> what to do):')
+    shown = problems if len(problems) <= SHOWN_PROBLEMS else pools_mod.grouped_problem_lines(records)
+    for line in shown + ([f'  {hint}'] if hint else []):
+        log(line)
+    if len(problems) > SHOWN_PROBLEMS:
+        log(f'  the full list ({len(problems)} files): {_problem_report(problems, dest)}')
+    return len(problems), hint
+
+
+def _plan(pools, num_subsets, subset_size, num_generated, resolution, seed, skip_bad, workers, log, progress, dest):
+    """Inspect both pools; stop with the problem list unless it is empty or skip_bad."""
     log(f'Checking every image of {" and ".join(p.flag for p in pools)} '
         f'({sum(len(p.ids) for p in pools)} files, fully decoded)...')
     records = pools_mod.inspect_pools(pools, resolution, workers, progress)
     for line in pools_mod.summary_lines(pools, records):
         log(line)
-    problems = pools_mod.problem_lines(records)
-    hint = pools_mod.resolution_hint(records, resolution)
-    if problems:
-        log(f'{"Left out (--skip-bad)" if skip_bad else "Unusable files"} (file: problem -> what to do):')
-        for line in problems + ([f'  {hint}'] if hint else []):
-            log(line)
+    problems, hint = _log_problems(records, resolution, skip_bad, dest, log)
     notes = pools_mod.note_lines(records, limit=None if problems and not skip_bad else 20)
     if notes:
         log('Converted on the way (recorded in the manifests):')
         for line in notes:
             log(line)
     if problems and not skip_bad:
-        raise DatasetToolError(f'{len(problems)} source file(s) cannot be used (listed above), nothing was written; '
+        raise DatasetToolError(f'{problems} source file(s) cannot be used (listed above), no set was written; '
                                f'{hint + "; or " if hint else ""}fix or delete them, or pass --skip-bad to leave them out')
     usable = {kind: [r['id'] for r in records if r['kind'] == kind and not r['problem']] for kind in ('real', 'generated')}
     plan = plan_study_sets(usable['real'], usable['generated'], num_subsets, subset_size, num_generated, seed)
@@ -346,7 +376,7 @@ def build_study_sets(celeba_dir, generated_dir, dest, num_subsets=5, subset_size
     _check_dest(dest, output_names(num_subsets, with_mix), overwrite)
     pools = [pools_mod.list_real_pool(celeba_dir)] + ([pools_mod.list_generated_pool(generated_dir)] if with_mix else [])
     plan, records = _plan(pools, num_subsets, subset_size, num_generated, resolution, seed, skip_bad, workers, log,
-                          progress)
+                          progress, dest)
     by_kind = {p.kind: p for p in pools}
     opts = dict(celeba_dir=by_kind['real'].root, generated_dir=by_kind['generated'].root if with_mix else None,
                 num_subsets=num_subsets, subset_size=subset_size, num_generated=num_generated, resolution=resolution,

@@ -169,18 +169,40 @@ def os_error_line(err: OSError, what=None) -> str:
     return ': '.join(parts + [reason])
 
 
+def check_output_dir(path) -> str:
+    """Prove, without writing anything, that directory `path` exists or could be created and would
+    take files (its nearest existing ancestor is a writable directory on a writable file system).
+
+    Raises:
+        OSError with filename `path`: ENOTDIR when a file is in the way, EROFS or EACCES.
+    """
+    path = os.fspath(path)
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    code = None
+    if not os.path.isdir(existing):
+        code = errno.ENOTDIR
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
+    if code is not None:
+        raise OSError(code, os.strerror(code), path)
+    return path
+
+
 def ensure_output_dir(path) -> str:
     """Create directory `path` (with parents) and prove it is writable, before any real work starts.
 
     Raises:
-        OSError (filename set) when a file is in the way, the file system is read-only, or the
-        directory cannot be written; a temporary probe file is never left behind.
+        OSError with filename `path` when a file is in the way, the file system is read-only or full,
+        or the directory cannot be written; a temporary probe file is never left behind.
     """
-    path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    path = check_output_dir(path)
     os.makedirs(path, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=path)
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.write-test-', dir=path)
+    except OSError as e:  # the error names the folder the user gave, not the probe
+        raise OSError(e.errno, e.strerror, path) from None
     os.close(fd)
     os.remove(probe)
     return path

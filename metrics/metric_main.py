@@ -16,6 +16,7 @@ Uncertainty: FID records carry `uncertainty: {<result key>: {se, ci95, ...}}` fr
 the generated features (frechet_inception_distance.fid_uncertainty); `results` holds only the values.
 """
 
+import errno
 import json
 import os
 import re
@@ -156,13 +157,26 @@ def report_metric(result_dict, run_dir=None, snapshot_pkl=None, kimg=None):
     line = result_line(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=kimg)
     print(line, flush=True)
     if run_dir is not None and os.path.isdir(run_dir):
-        path = os.path.join(run_dir, f'metric-{result_dict["metric"]}.jsonl')
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + '\n').encode('utf-8'))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _append_line(os.path.join(run_dir, f'metric-{result_dict["metric"]}.jsonl'), line)
+
+
+def _append_line(path, line):
+    """One O_APPEND write of `line`; a failed write (full disk) is undone and raised naming `path`."""
+    data = (line + '\n').encode('utf-8')
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    start = os.fstat(fd).st_size
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.fsync(fd)
+    except OSError as e:
+        if os.fstat(fd).st_size > start:
+            os.ftruncate(fd, start)  # no partial line stays behind
+        if start == 0:
+            os.remove(path)  # nor an empty file this call created
+        raise OSError(e.errno, e.strerror, path) from None
+    finally:
+        os.close(fd)
 
 # ----------------------------------------------------------------------------
 # Recommended metrics (upstream definitions: all reals, no x-flip).

@@ -384,8 +384,23 @@ def compute_feature_stats_for_dataset(opts, detector, max_items=None, batch_size
     _close(dataset)
 
     if cache_file is not None and opts.rank == 0:
-        stats.save(cache_file)
+        _save_to_cache(stats, cache_file)
     return stats
+
+
+_cache_warned = set()  # cache folders already reported as unwritable (one warning per process each)
+
+
+def _save_to_cache(stats, cache_file):
+    """The cache only saves time: a full or read-only cache folder costs one warning, never the metric."""
+    try:
+        stats.save(cache_file)
+    except OSError as e:
+        folder = os.path.dirname(cache_file)
+        if folder not in _cache_warned:
+            _cache_warned.add(folder)
+            print(f'Warning: metric cache {folder}: {util.os_error_reason(e)}; real statistics are not cached '
+                  f'(DNNLIB_CACHE_DIR chooses another folder)', file=sys.stderr, flush=True)
 
 # ----------------------------------------------------------------------------
 # Generated images.

@@ -55,7 +55,9 @@ def _cmd_plot(args, parser):
     try:
         plot.plot_schedules(schedules, args.kimg, args.out, points=args.points, title=args.title)
     except OSError as e:  # unwritable --out, full disk: one line, no usage text, no partial file
-        print(f'{parser.prog}: error: {os_error_line(e, "--out")}', file=sys.stderr)
+        # Named by the --out path itself, whichever file (a temporary one) the OS error names.
+        print(f'{parser.prog}: error: {os_error_line(OSError(e.errno, e.strerror, args.out), "--out")}',
+              file=sys.stderr)
         return 1
     except (ValueError, RuntimeError) as e:
         parser.error(str(e))

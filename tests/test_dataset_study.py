@@ -309,3 +309,27 @@ def test_the_copy_is_named_as_the_duplicate():
     pools.mark_duplicates(records)
     assert [bool(r['problem']) for r in records] == [False, True, True]
     assert all('the real image /real/3.jpg' in r['problem'] for r in records[1:])
+
+
+def test_a_long_problem_list_is_grouped_and_written_in_full_to_a_report(tmp_path):
+    """A pool whose images are all too small prints a few grouped lines, not one line per file; the
+    full list goes to a report file whose path is printed."""
+    img = tmp_path / 'c' / 'CelebA-HQ-img'
+    for i in range(40):
+        _save(str(img / f'{i}.png'), _noise((16, 16, 3), i))
+    for i in range(40, 42):
+        _save(str(img / f'{i}.png'), _noise((48, 40, 3), i))
+    r = _run('celebamask', '--celeba-dir', tmp_path / 'c', '--dest', tmp_path / 'o', '--num-subsets', 1,
+             '--subset-size', 4, '--num-generated', 0, '--resolution', 32)
+    assert r.exit_code == 1 and 'Traceback' not in r.output
+    lines = r.output.splitlines()
+    assert len(lines) < 20, r.output
+    assert '  40 file(s): smaller than --resolution=32 -> lower --resolution, or delete it' in lines
+    assert '  2 file(s): not square -> crop it to a square, or delete it' in lines
+    assert sum(line.startswith('      e.g. ') for line in lines) == 3 + 2
+    (report_line,) = [line for line in lines if 'the full list (42 files): ' in line]
+    report = report_line.split('the full list (42 files): ')[1]
+    assert report == str(tmp_path / 'o.problems.txt')
+    listed = open(report).read()
+    assert all(f'{img / f"{i}.png"}: ' in listed for i in range(42))
+    assert not os.path.exists(tmp_path / 'o')  # no set was written

@@ -212,13 +212,13 @@ def test_user_errors_are_one_line(tmp_path, rgb_folder):
     root, _ = rgb_folder
     dest = str(tmp_path / 'x.zip')
     r = _run('--source', tmp_path / 'missing', '--dest', dest)
-    assert r.exit_code == 1 and '--source' in r.output
+    assert r.exit_code == 2 and '--source' in r.output  # a usage error (docs/exit-codes.md)
     r = _run('--source', root, '--dest', dest, '--width', 12, '--height', 12)
     assert r.exit_code == 1 and 'power of two' in r.output
     r = _run('--source', root, '--dest', dest, '--width', 16, '--height', 8)
     assert r.exit_code == 1 and 'square' in r.output
     r = _run('--source', root, '--dest', dest, '--transform', 'center-crop')
-    assert r.exit_code == 1 and '--width' in r.output
+    assert r.exit_code == 2 and '--width' in r.output
     assert _run('--dest', dest).exit_code == 2  # missing --source
     r = _run('--source', root, 'verify', 'x.json')
     assert r.exit_code == 2 and '--source' in r.output

@@ -171,6 +171,13 @@ def read_meta(path):
     return _load_legacy(path, mmap=True)[0]
 
 
+def _check_payload(path, header, size, sha256):
+    if size != header['size']:
+        raise UnreadableState(f'{path}: truncated ({size} of {header["size"]} payload bytes)')
+    if sha256 != header['sha256']:
+        raise UnreadableState(f'{path}: checksum mismatch (the file is corrupted)')
+
+
 def load_state(path, map_location='cpu'):
     """Read a state file, verify size and sha256, and load it safely (weights_only).
 
@@ -188,10 +195,7 @@ def load_state(path, map_location='cpu'):
         payload = f.read() if header is not None else None
     if header is None:
         return _load_legacy(path, map_location)
-    if len(payload) != header['size']:
-        raise UnreadableState(f'{path}: truncated ({len(payload)} of {header["size"]} payload bytes)')
-    if hashlib.sha256(payload).hexdigest() != header['sha256']:
-        raise UnreadableState(f'{path}: checksum mismatch (the file is corrupted)')
+    _check_payload(path, header, len(payload), hashlib.sha256(payload).hexdigest())
     try:
         parts = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as e:  # a payload that passes the checksum but does not load was written by something else
@@ -235,17 +239,45 @@ def load_latest(run_dir, map_location='cpu', warn=print):
     return None, None, None
 
 
-def run_progress(run_dir):
-    """What the newest readable state of `run_dir` says, from headers only (cheap).
+def verify_state(path):
+    """The meta of a state file after checking its payload's size and sha256, as load_state would
+    (streamed: no tensors are built).
+
+    Raises:
+        UnreadableState, OSError.
+    """
+    with open(path, 'rb') as f:
+        try:
+            header = _read_header(f, path)
+        except _Legacy:
+            header = None
+        if header is not None:
+            digest, size = hashlib.sha256(), 0
+            for block in iter(lambda: f.read(1 << 22), b''):
+                digest.update(block)
+                size += len(block)
+    if header is None:
+        return _load_legacy(path, mmap=True)[0]
+    _check_payload(path, header, size, digest.hexdigest())
+    return header['meta']
+
+
+def run_progress(run_dir, verify=False):
+    """What the newest readable state of `run_dir` says.
+
+    Args:
+        run_dir: run directory.
+        verify: also check each payload's size and sha256 (what load_latest will find), not only the
+            header (cheap).
 
     Returns:
-        'none' (no state file), 'unreadable' (files, none with a valid header), or the meta dict of
-        the newest file whose header reads (a full load still verifies its checksum).
+        'none' (no state file), 'unreadable' (files, none readable), or the meta dict of the newest
+        readable file.
     """
     paths = list_states(run_dir)
     for path in reversed(paths):
         try:
-            return read_meta(path)
+            return verify_state(path) if verify else read_meta(path)
         except (UnreadableState, OSError):
             continue
     return 'unreadable' if paths else 'none'

@@ -135,12 +135,27 @@ def launch(fn, args, num_procs, device_type, forward_signals=()):
 
         previous = {sig: signal.signal(sig, forward) for sig in forward_signals}
         try:
-            while not context.join():
+            while not join_ranks(context):
                 pass
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     return None
+
+
+class RankFailed(RuntimeError):
+    """A spawned rank raised or died; the message is one line: which rank, and its error's last line."""
+
+
+def join_ranks(context):
+    """context.join(), with a rank's failure as RankFailed (one line) instead of its whole traceback."""
+    try:
+        return context.join()
+    except torch.multiprocessing.ProcessRaisedException as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise RankFailed(f'rank {e.error_index}: {lines[-1].strip() if lines else "failed"}') from None
+    except torch.multiprocessing.ProcessExitedException as e:
+        raise RankFailed(f'rank {e.error_index} exited with status {e.exit_code} (killed or out of memory?)') from None
 
 
 def join_torchrun(device_type):

@@ -115,23 +115,24 @@ def is_power_of_two(n):
 # Dataset inspection (the values the cfg rules need).
 
 
-def inspect_dataset(path, use_labels=True):
+def inspect_dataset(path, use_labels=True, flag='--data'):
     """Open the dataset once to read its size, resolution and labels.
 
     Args:
         path: dataset directory or zip.
         use_labels: read labels if present.
+        flag: the option that named the dataset (for errors).
 
     Returns:
         EasyDict(name, num_images, resolution, num_channels, has_labels, label_dim).
 
     Raises:
-        OptionError naming --data.
+        OptionError naming `flag`.
     """
     if path is None:
-        raise OptionError('--data', 'missing (pass a dataset directory or .zip)')
+        raise OptionError(flag, 'missing (pass a dataset directory or .zip)')
     if not os.path.exists(path):
-        raise OptionError('--data', f'{path}: no such file or directory')
+        raise OptionError(flag, f'{path}: no such file or directory')
     try:
         ds = dnnlib.util.construct_class_by_name(class_name='training.dataset.ImageFolderDataset', path=path,
                                                  use_labels=use_labels, max_size=None, xflip=False)
@@ -141,7 +142,7 @@ def inspect_dataset(path, use_labels=True):
     except OptionError:
         raise
     except Exception as e:  # any read/format problem is the user's file: say which
-        raise OptionError('--data', f'{path}: cannot read dataset: {e}') from e
+        raise OptionError(flag, f'{path}: cannot read dataset: {e}') from e
     finally:
         if 'ds' in locals() and hasattr(ds, 'close'):
             ds.close()
@@ -468,9 +469,10 @@ def _snapshots_and_metrics(o, args, info):
 
     if o.metric_data is not None:
         _require(os.path.exists(o.metric_data), '--metric-data', f'{o.metric_data}: no such file or directory')
+        # A conditional G draws its metric labels from this set, so it carries labels exactly then.
         args.metric_dataset_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset',
-                                                     path=o.metric_data, use_labels=False, max_size=None,
-                                                     xflip=False, resolution=info.resolution)
+                                                     path=o.metric_data, use_labels=args.training_set_kwargs.use_labels,
+                                                     max_size=None, xflip=False, resolution=info.resolution)
     if o.metric_num_gen is not None:
         _require(o.metric_num_gen >= 1, '--metric-num-gen', f'must be >= 1, got {o.metric_num_gen}')
         args.metric_num_gen = o.metric_num_gen
@@ -486,6 +488,38 @@ def _snapshots_and_metrics(o, args, info):
     _require(o.tick > 0, '--tick', f'must be > 0, got {o.tick}')
     if o.tick != DEFAULTS['tick']:  # the loop's default; upstream's options JSON has no such key
         args.kimg_per_tick = o.tick
+
+
+def check_run_datasets(args):
+    """Open the training set and the metric set of `args` as the run will, before its first step.
+
+    The metric set must match the training set's resolution and channels (the first evaluation would
+    fail otherwise, hours in), and carry labels of the same size when the model is conditional.
+
+    Raises:
+        OptionError naming --data or --metric-data.
+    """
+    train_kw = args.training_set_kwargs
+    info = inspect_dataset(train_kw.path, flag='--data')
+    _require(info.resolution == train_kw.resolution, '--data',
+             f'{train_kw.path}: images are {info.resolution}x{info.resolution}, but the run trains at '
+             f'{train_kw.resolution}x{train_kw.resolution}')
+    _require(info.has_labels or not train_kw.use_labels, '--data', f'{train_kw.path}: the run is conditional, '
+                                                                    f'but dataset.json has no labels')
+    metric_kw = args.get('metric_dataset_kwargs')
+    if metric_kw is None:
+        return
+    m = inspect_dataset(metric_kw.path, flag='--metric-data')
+    _require(m.num_images >= 1, '--metric-data', f'{metric_kw.path}: the dataset has no images')
+    _require(m.resolution == info.resolution, '--metric-data',
+             f'{metric_kw.path}: images are {m.resolution}x{m.resolution}, but --data is '
+             f'{info.resolution}x{info.resolution}; metrics compare images at the training resolution')
+    _require(m.num_channels == info.num_channels, '--metric-data',
+             f'{metric_kw.path}: images have {m.num_channels} channel(s), but --data has {info.num_channels}')
+    if metric_kw.get('use_labels'):
+        _require(m.has_labels and m.label_dim == info.label_dim, '--metric-data',
+                 f'{metric_kw.path}: a conditional run needs labels of size {info.label_dim} in its dataset.json '
+                 f'(found {m.label_dim if m.has_labels else "none"})')
 
 
 def build_training_options(opts, dataset_info=None, resume_info=None, valid_metric=None):
