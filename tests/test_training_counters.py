@@ -285,12 +285,12 @@ def test_cuda_steady_state_steps_never_sync(tmp_path, monkeypatch, fresh_trainin
     from training import training_loop
     step, after_step = training_loop.training_step, ada_lib.AdaController.after_step
 
-    def strict_step(run, model, counters, *args):
-        strict = counters.batch_idx >= 2  # the first steps build the CUDA plugins, caches and optimizer state
+    def strict_step(run, state, *args):
+        strict = state.counters.batch_idx >= 2  # the first steps build the CUDA plugins, caches and optimizer state
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode('error' if strict else 'default')
         try:
-            return step(run, model, counters, *args)
+            return step(run, state, *args)
         finally:
             torch.cuda.set_sync_debug_mode('default')
 
