@@ -10,7 +10,7 @@ so R1 can be taken through it. It is also lean on an accelerator: every constant
 per device and cached, so a call issues no host->device copy, and it reads one thing back to the
 host: the four integers of the geometric step's reflect padding, fitted to the batch's transforms as
 upstream does (one small transfer and stream sync per call; a padding that covers every possible draw
-would cost 3-5x the time and memory). tests/test_augment_counters.py counts all of these.
+would cost 3-4x the time and 4-5x the memory). tests/test_augment_counters.py counts all of these.
 
 This module's source is stored in every snapshot and NVIDIA's loader executes it, so it imports only
 modules their tree also has (torch_utils.misc, persistence, ops.upfirdn2d, ops.grid_sample_gradfix)
@@ -555,7 +555,7 @@ class AugmentPipe(torch.nn.Module):
         x = _reflect_pad(x, pad)
         x = upfirdn2d.upsample2d(x=x, f=self.Hz_geom, up=2)     # [N, C, 2Hp, 2Wp]
         Wc, Hc = 2 * W + 4 * border, 2 * H + 4 * border         # canvas: image plus `border` px
-        theta = _padded_theta(core.to(torch.promote_types(core.dtype, x.dtype)), W, H, pad)  # float64 stays
+        theta = _padded_theta(core.to(torch.promote_types(core.dtype, x.dtype)), W, H, pad)  # float64 images: float64 grid
         grid = F.affine_grid(theta.to(x.dtype), [N, C, Hc, Wc], align_corners=False)
         # R1 through the pipe differentiates this twice w.r.t. x: torch's kernels plus a double
         # backward of our own (grid_sample_gradfix).
@@ -570,7 +570,7 @@ class AugmentPipe(torch.nn.Module):
 
         Any padding that covers every sample gives the same output (to float rounding: the normalised
         grid differs); one full reflection (`_full_padding`) covers all draws but makes the upsampled
-        intermediate about 3x larger per axis than a typical batch needs.
+        intermediate about 2x larger per axis than a typical batch needs (4-5x the memory).
         """
         return _fitted_padding(core, W, H, border)
 
