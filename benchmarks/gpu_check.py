@@ -154,7 +154,7 @@ def _parse_augment(out, _scratch):
         unit = 's' if m.group(3) == 'time' else 'mib'
         rows.append({'res': int(m.group(1)), 'mode': m.group(2), f'fitted_{m.group(3)}_{unit}': float(m.group(4)),
                      f'full_{m.group(3)}_{unit}': float(m.group(5)), 'ratio': float(m.group(6))})
-    reads = dict(re.findall(r'^host reads per call\s+(\S+) (\d+)', out, re.M))
+    reads = dict(re.findall(r'^host reads per call\s+(\S+)\s+(\d+)', out, re.M))
     if not rows or not reads:
         raise ValueError('no augment rows or host-read lines in the output')
     return dict(rows=rows, host_reads_per_call={k: int(v) for k, v in reads.items()})
