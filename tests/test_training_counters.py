@@ -272,7 +272,7 @@ def _assert_lean_step(index, events, label_shape, augment_calls):
 @pytest.mark.slow
 @pytest.mark.parametrize('reg, labels, steps', [((2, 4), False, 9), ((None, None), True, 5)],
                          ids=['lazy-regularisation', 'regularised-every-step-with-labels'])
-def test_steady_state_steps_sync_only_to_adjust_ada(tmp_path, monkeypatch, fresh_training_stats, reg, labels, steps):
+def test_steady_state_steps_sync_only_to_adjust_ada_and_read_the_padding(tmp_path, monkeypatch, fresh_training_stats, reg, labels, steps):
     """Per step: two uploads (images, labels) and one padding read per augment call; other syncs only
     in the ADA adjustment every 4 steps and at tick ends."""
     model, watch, phases = _watched_run(tmp_path, monkeypatch, steps, labels=labels, G_reg_interval=reg[0],
