@@ -158,16 +158,17 @@ def evaluate(rank, args):
         open_dataset(dataset_kwargs, '--data' if args.data is not None else 'the pickle\'s training set')
         if verbose:
             print('Dataset options:', json.dumps(dataset_kwargs, default=str))
+        shared = metric_main.SharedFeatures()  # one feature pass for all of this snapshot's metrics
         for metric in todo:
             if verbose:
                 print(f'Calculating {metric}...')
             result = metric_main.calc_metric(metric=metric, G=G, dataset_kwargs=dataset_kwargs,
                                              num_gpus=args.num_gpus, rank=rank, device=device,
                                              detector=args.detector, num_gen=args.num_gen, progress=verbose,
-                                             seed=args.seed)
+                                             seed=args.seed, shared=shared)
             if rank == 0:
                 metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network, kimg=parse_kimg(network))
-        del snapshot, G
+        del snapshot, G, shared
 
 
 def subprocess_fn(rank, args, temp_dir):

@@ -199,10 +199,11 @@ def make_metric_fn(metrics, dataset_kwargs, num_gen, num_gpus, rank, run_dir):
     from metrics import metric_main
 
     def evaluate(G, snapshot_pkl, cur_nimg, device):
-        results = {}
+        results, shared = {}, metric_main.SharedFeatures()  # one feature pass for all the snapshot's metrics
         for metric in metrics:
             result = metric_main.calc_metric(metric=metric, G=G, dataset_kwargs=dataset_kwargs, num_gpus=num_gpus,
-                                             rank=rank, device=device, num_gen=num_gen, progress=rank == 0)
+                                             rank=rank, device=device, num_gen=num_gen, progress=rank == 0,
+                                             shared=shared)
             if rank == 0:
                 metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=cur_nimg / 1e3)
             results.update(result.results)

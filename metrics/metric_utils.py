@@ -66,10 +66,12 @@ class MetricOptions:
         detector: spec for detector.resolve_detector (None = 'auto') or a Detector.
         seed: None (fresh randomness, as upstream) or an int for reproducible z, labels and subsets.
         batch_size: images per detector call (per rank).
+        shared: a SharedFeatures reused by every metric of one evaluation, or None (each metric runs its
+            own feature passes).
     """
 
     def __init__(self, G=None, G_kwargs=None, dataset_kwargs=None, num_gpus=1, rank=0, device=None,
-                 progress=None, cache=True, detector=None, seed=None, batch_size=64):
+                 progress=None, cache=True, detector=None, seed=None, batch_size=64, shared=None):
         assert 0 <= rank < num_gpus
         self.G = G
         self.G_kwargs = util.EasyDict(G_kwargs or {})
@@ -84,6 +86,7 @@ class MetricOptions:
         self.detector_used = None   # set by get_detector (or a metric using another network)
         self.seed = seed
         self.batch_size = batch_size
+        self.shared = shared
 
     def get_detector(self):
         """The Inception detector for this run (loaded once per weights file and device)."""
@@ -104,6 +107,34 @@ class MetricOptions:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(np.random.SeedSequence([self.seed, self.rank, salt]).generate_state(1)[0]))
         return gen
+
+# ----------------------------------------------------------------------------
+# One feature pass for several metrics.
+
+
+class SharedFeatures:
+    """Feature statistics (and results derived from them) computed once per evaluated snapshot.
+
+    calc_metrics.py and train.py hand one of these to every metric of a snapshot, so FID, PRDC,
+    memorisation and pull read the same real and generated features from a single pass. Shared
+    statistics keep both every row and the float64 sums: any metric can use them, and the sums are
+    accumulated in the same order as a metric's own pass, so the values do not change.
+    """
+
+    STATS_KWARGS = dict(capture_all=True, capture_mean_cov=True)
+
+    def __init__(self):
+        self._items = {}
+
+    def get(self, key, make):
+        """The value stored under `key`, made by make() the first time."""
+        if key not in self._items:
+            self._items[key] = make()
+        return self._items[key]
+
+
+def _shared_key(kind, opts, detector, max_items, *extra):
+    return (kind, detector.sha256, max_items, json.dumps(opts.dataset_kwargs, sort_keys=True, default=str)) + extra
 
 # ----------------------------------------------------------------------------
 # Progress reporting.
@@ -349,6 +380,14 @@ def compute_feature_stats_for_dataset(opts, detector, max_items=None, batch_size
     Returns:
         FeatureStats over the real images (identical on every rank).
     """
+    if opts.shared is not None:
+        key = _shared_key('real', opts, detector, max_items)
+        return opts.shared.get(key, lambda: _dataset_stats(opts, detector, max_items, batch_size, data_loader_kwargs,
+                                                           SharedFeatures.STATS_KWARGS))
+    return _dataset_stats(opts, detector, max_items, batch_size, data_loader_kwargs, stats_kwargs)
+
+
+def _dataset_stats(opts, detector, max_items, batch_size, data_loader_kwargs, stats_kwargs):
     batch_size = batch_size or opts.batch_size
     dataset = construct_dataset(opts.dataset_kwargs)
     num_items = len(dataset) if max_items is None else min(len(dataset), max_items)
@@ -562,6 +601,14 @@ def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=No
         FeatureStats over max_items generated images (identical on every rank), on the device.
     """
     assert max_items is not None and max_items > 0, 'the number of generated images must be positive'
+    if opts.shared is not None:
+        key = _shared_key('generated', opts, detector, max_items, use_probabilities)
+        return opts.shared.get(key, lambda: _generator_stats(opts, detector, max_items, batch_size, batch_gen,
+                                                             use_probabilities, SharedFeatures.STATS_KWARGS))
+    return _generator_stats(opts, detector, max_items, batch_size, batch_gen, use_probabilities, stats_kwargs)
+
+
+def _generator_stats(opts, detector, max_items, batch_size, batch_gen, use_probabilities, stats_kwargs):
     G = opts.G
     assert G is not None, 'no generator given'
     batch_size = batch_size or opts.batch_size

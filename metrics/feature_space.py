@@ -1,0 +1,69 @@
+"""What the Inception-space metrics (PRDC, memorisation, pull) share: the features of one pass, the
+nearest training image of every generated image, and bootstrap intervals of per-sample shares.
+
+Intervals follow FID's: the generated rows are resampled with frechet_inception_distance's fixed-seed
+draw counts, the real (training) set held fixed.
+"""
+
+import torch
+
+from . import frechet_inception_distance as fid_lib
+from . import metric_utils, nearest
+
+
+class Features:
+    """Real and generated Inception pool features of one evaluation, float64 on the metric's device.
+
+    Attributes:
+        real, gen: [N, D] and [M, D] float64 tensors (row i of real is dataset item i).
+        real_stats, gen_stats: the FeatureStats they came from (float64 sums for FIDs).
+        num_gen: M.
+    """
+
+    def __init__(self, opts, num_gen, min_real, min_gen, what):
+        detector = opts.get_detector()
+        self.real_stats = metric_utils.compute_feature_stats_for_dataset(
+            opts=opts, detector=detector, capture_all=True, capture_mean_cov=True, max_items=None)
+        self.gen_stats = metric_utils.compute_feature_stats_for_generator(
+            opts=opts, detector=detector, capture_all=True, capture_mean_cov=True, max_items=num_gen)
+        self.num_gen = num_gen
+        self.real = nearest.check_features(self.real_stats.get_all_torch().to(opts.device), f'{what}: the real set',
+                                           min_real)
+        self.gen = nearest.check_features(self.gen_stats.get_all_torch().to(opts.device),
+                                          f'{what}: the generated images', min_gen)
+
+
+def nearest_training(opts, feats):
+    """(distances [M, 2], indices [M, 2]): each generated image's two nearest training images.
+
+    Memorisation and pull both need it: with a SharedFeatures it is computed once per evaluation.
+    """
+    make = lambda: nearest.knn(feats.gen, feats.real, 2)  # noqa: E731
+    if opts.shared is None:
+        return make()
+    return opts.shared.get(('nearest-training', feats.num_gen, id(feats.gen_stats)), make)
+
+
+def bootstrap_weights(n, device, replicates=fid_lib.BOOTSTRAP_REPLICATES, seed=fid_lib.BOOTSTRAP_SEED):
+    """float64 [R, n] draw counts of FID's bootstrap, on `device` (one transfer)."""
+    return torch.from_numpy(fid_lib.bootstrap_counts(n, replicates, seed).astype('float64')).to(device)
+
+
+def share_interval(per_row, weights):
+    """(mean of per_row, its bootstrap interval): per_row [n] values of the generated rows, weights [R, n]."""
+    per_row = per_row.to(torch.float64)
+    point = float(per_row.mean())
+    return point, fid_lib.interval(point, weights @ per_row / per_row.shape[0])
+
+
+def fid_to(feats, rows):
+    """(FID of the generated images against the real rows selected by `rows`, its bootstrap interval)."""
+    part = feats.real[rows]
+    mu = part.mean(dim=0)
+    centred = part - mu
+    sigma = centred.T @ centred / part.shape[0]  # population covariance, as FID's statistics
+    mu_gen, sigma_gen = feats.gen_stats.get_mean_cov_torch()
+    mu_gen, sigma_gen = mu_gen.to(mu.device), sigma_gen.to(mu.device)
+    factor = fid_lib.psd_factor(sigma)
+    point = float(fid_lib.frechet_distance_torch(mu, sigma, mu_gen, sigma_gen, factor1=factor))
+    return point, fid_lib.fid_uncertainty(point, feats.gen, mu, sigma, factor_real=factor)
