@@ -309,3 +309,21 @@ def test_the_copy_is_named_as_the_duplicate():
     pools.mark_duplicates(records)
     assert [bool(r['problem']) for r in records] == [False, True, True]
     assert all('the real image /real/3.jpg' in r['problem'] for r in records[1:])
+
+
+def test_mixed_sets_say_which_images_are_generated(small_study):
+    """dataset.json keeps upstream's "labels" and adds the generated images' names, which the dataset reads."""
+    from training.dataset import ImageFolderDataset
+    for name in ('CelebAMask-HQ1', 'Mix-dataset1'):
+        with open(study.manifest_path(small_study, name)) as f:
+            manifest = json.load(f)
+        path = os.path.join(small_study, name + '.zip')
+        with zipfile.ZipFile(path) as zf:
+            meta = json.loads(zf.read('dataset.json'))
+        assert meta['labels'] is None
+        kinds = {e['archive_name']: e['kind'] for e in manifest['images']}
+        assert sorted(meta['generated']) == sorted(n for n, k in kinds.items() if k == 'generated')
+        ds = ImageFolderDataset(path)
+        assert ds.part_labels.tolist() == [kinds[n] == 'generated' for n in ds.image_fnames]
+        ds.close()
+    assert sum(ImageFolderDataset(os.path.join(small_study, 'Mix-dataset1.zip')).part_labels) == 1
