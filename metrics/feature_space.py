@@ -20,17 +20,36 @@ class Features:
         num_gen: M.
     """
 
-    def __init__(self, opts, num_gen, min_real, min_gen, what):
-        detector = opts.get_detector()
-        self.real_stats = metric_utils.compute_feature_stats_for_dataset(
-            opts=opts, detector=detector, capture_all=True, capture_mean_cov=True, max_items=None)
-        self.gen_stats = metric_utils.compute_feature_stats_for_generator(
-            opts=opts, detector=detector, capture_all=True, capture_mean_cov=True, max_items=num_gen)
-        self.num_gen = num_gen
-        self.real = nearest.check_features(self.real_stats.get_all_torch().to(opts.device), f'{what}: the real set',
-                                           min_real)
-        self.gen = nearest.check_features(self.gen_stats.get_all_torch().to(opts.device),
-                                          f'{what}: the generated images', min_gen)
+    def __init__(self, real_stats, gen_stats, device, what):
+        self.real_stats, self.gen_stats, self.num_gen = real_stats, gen_stats, gen_stats.num_items
+        self.real = nearest.check_features(real_stats.get_all_torch().to(device), f'{what}: the real set')
+        self.gen = nearest.check_features(gen_stats.get_all_torch().to(device), f'{what}: the generated images')
+
+    def require(self, min_real, min_gen, what):
+        """ValueError naming the metric unless there are at least min_real real and min_gen generated images."""
+        for rows, least, part in ((self.real, min_real, 'the real set'), (self.gen, min_gen, 'the generated images')):
+            if rows.shape[0] < least:
+                raise ValueError(f'{what}: {part}: needs at least {least} images, got {rows.shape[0]}')
+        return self
+
+
+def features(opts, num_gen, min_real, min_gen, what):
+    """Features of all real images and num_gen generated ones (from opts.shared's pass when there is one).
+
+    Args:
+        opts: MetricOptions.
+        num_gen: generated images.
+        min_real, min_gen: fewest images each side needs (k + 1 for a k-NN radius); fewer is a ValueError.
+        what: the metric's name, for the error lines.
+    """
+    detector = opts.get_detector()
+    real = metric_utils.compute_feature_stats_for_dataset(
+        opts=opts, detector=detector, capture_all=True, capture_mean_cov=True, max_items=None)
+    gen = metric_utils.compute_feature_stats_for_generator(
+        opts=opts, detector=detector, capture_all=True, capture_mean_cov=True, max_items=num_gen)
+    make = lambda: Features(real, gen, opts.device, what)  # noqa: E731
+    feats = make() if opts.shared is None else opts.shared.get(('float64-features', id(real), id(gen)), make)
+    return feats.require(min_real, min_gen, what)
 
 
 def nearest_training(opts, feats):

@@ -51,9 +51,14 @@ def memorisation(real, gen, nearest_two, weights=None, top_k=TOP_K):
 
 def compute_memorisation(opts, num_gen, key):
     """(results, uncertainty, details) of the registered metric `key`."""
-    feats = feature_space.Features(opts, num_gen, min_real=3, min_gen=1, what=key)
+    feats = feature_space.features(opts, num_gen, min_real=3, min_gen=1, what=key)
     if opts.rank != 0:
         return {key: float('nan'), f'{key}_nn_ratio': float('nan')}, None, None
+    return memorisation_record(opts, feats, num_gen, key)
+
+
+def memorisation_record(opts, feats, num_gen, key):
+    """(results, uncertainty, details) from feature_space.Features."""
     weights = feature_space.bootstrap_weights(num_gen, feats.gen.device)
     m = memorisation(feats.real, feats.gen, feature_space.nearest_training(opts, feats), weights)
     details = dict(ratio_threshold=RATIO_THRESHOLD, quantiles=list(QUANTILES), gen_nn_quantiles=m['gen_quantiles'],

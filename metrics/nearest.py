@@ -11,12 +11,10 @@ ROW_CHUNK = 4096    # query rows per block
 COL_CHUNK = 8192    # reference rows per block: a 4096 x 8192 float64 block is 256 MiB
 
 
-def check_features(x: torch.Tensor, what: str, min_rows: int) -> torch.Tensor:
-    """x as float64 [N, D] on its device, after one check that it has min_rows rows and only finite values."""
+def check_features(x: torch.Tensor, what: str) -> torch.Tensor:
+    """x as float64 [N, D] on its device, after one check that its values are finite."""
     if x.ndim != 2:
         raise ValueError(f'{what}: expected [N, D] features, got shape {list(x.shape)}')
-    if x.shape[0] < min_rows:
-        raise ValueError(f'{what}: needs at least {min_rows} images, got {x.shape[0]}')
     x = x.to(torch.float64)
     if not bool(torch.isfinite(x).all()):  # one read for the whole set
         raise ValueError(f'{what}: the features hold non-finite values (NaN or Inf); check the images and detector')
@@ -56,14 +54,15 @@ def knn(queries, refs, k, exclude_self=False, row_chunk=None, col_chunk=None):
     best_i = torch.zeros([queries.shape[0], k], dtype=torch.int64, device=queries.device)
     for r0, c0, d in distance_blocks(queries, refs, row_chunk, col_chunk):
         rows = slice(r0, r0 + d.shape[0])
-        if exclude_self:
-            diag = torch.arange(d.shape[0], device=d.device) + r0 - c0
-            hit = (diag >= 0) & (diag < d.shape[1])
-            d[torch.arange(d.shape[0], device=d.device)[hit], diag[hit]] = float('inf')
         idx = torch.arange(c0, c0 + d.shape[1], device=d.device).expand(d.shape[0], -1)
-        cand_d = torch.cat([best_d[rows], d], dim=1)
-        cand_i = torch.cat([best_i[rows], idx], dim=1)
-        # A stable sort keeps the lower index first among equal distances, whatever the blocks.
+        if exclude_self:  # (a mask, not boolean indexing: that would read a count back to the host)
+            own = torch.arange(r0, r0 + d.shape[0], device=d.device)
+            d.masked_fill_(idx == own[:, None], float('inf'))
+        # The block's k smallest, merged with the best so far; among exactly equal distances (duplicate
+        # images) which index is kept is unspecified, the distances are not.
+        top_d, top_j = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False, sorted=True)
+        cand_d = torch.cat([best_d[rows], top_d], dim=1)
+        cand_i = torch.cat([best_i[rows], torch.gather(idx, 1, top_j)], dim=1)
         order = torch.sort(cand_d, dim=1, stable=True).indices[:, :k]
         best_d[rows] = torch.gather(cand_d, 1, order)
         best_i[rows] = torch.gather(cand_i, 1, order)

@@ -68,10 +68,14 @@ def prdc(real, gen, weights=None, row_chunk=None, col_chunk=None):
 
 def compute_prdc(opts, num_gen, key):
     """(results, uncertainty) of the registered metric `key` from the shared Inception features."""
-    feats = feature_space.Features(opts, num_gen, min_real=K_DC + 1, min_gen=K_PR + 1, what=key)
-    names = [f'{key}_{n}' for n in ('precision', 'recall', 'density', 'coverage')]
+    feats = feature_space.features(opts, num_gen, min_real=K_DC + 1, min_gen=K_PR + 1, what=key)
     if opts.rank != 0:
-        return {n: float('nan') for n in names}, None
+        return {f'{key}_{n}': float('nan') for n in ('precision', 'recall', 'density', 'coverage')}, None
+    return prdc_record(feats, num_gen, key)
+
+
+def prdc_record(feats, num_gen, key):
+    """(results, uncertainty) from feature_space.Features."""
     weights = feature_space.bootstrap_weights(num_gen, feats.gen.device)
     values, replicates = prdc(feats.real, feats.gen, weights)
     results = {f'{key}_{n}': v for n, v in values.items()}

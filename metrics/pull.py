@@ -89,9 +89,14 @@ def balanced_accuracy(logits, y):
 def compute_pull(opts, num_gen, key):
     """(results, uncertainty, details) of the registered metric `key`; Skipped for sets without parts."""
     labels = part_labels(opts, key)
-    feats = feature_space.Features(opts, num_gen, min_real=2, min_gen=2, what=key)
+    feats = feature_space.features(opts, num_gen, min_real=2, min_gen=2, what=key)
     if opts.rank != 0:
         return {}, None, None
+    return pull_record(opts, feats, labels, num_gen, key)
+
+
+def pull_record(opts, feats, labels, num_gen, key):
+    """(results, uncertainty, details) from feature_space.Features and the part labels (bool [N])."""
     if len(labels) != feats.real.shape[0]:
         raise ValueError(f'{key}: {len(labels)} part labels for {feats.real.shape[0]} images')
     device = feats.gen.device
