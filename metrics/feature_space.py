@@ -5,8 +5,11 @@ Intervals follow FID's: the generated rows are resampled with frechet_inception_
 draw counts, the real (training) set held fixed.
 """
 
+import copy
+
 import torch
 
+from dnnlib import util
 from . import frechet_inception_distance as fid_lib
 from . import metric_utils, nearest
 
@@ -33,7 +36,16 @@ class Features:
         return self
 
 
-def features(opts, num_gen, min_real, min_gen, what):
+def training_options(opts):
+    """A copy of opts whose real set is the generator's training set (all images, no x-flip)."""
+    if opts.training_set_kwargs is None:
+        return opts
+    opts = copy.copy(opts)
+    opts.dataset_kwargs = util.EasyDict(opts.training_set_kwargs, max_size=None, xflip=False)
+    return opts
+
+
+def features(opts, num_gen, min_real, min_gen, what, training=False):
     """Features of all real images and num_gen generated ones (from opts.shared's pass when there is one).
 
     Args:
@@ -41,10 +53,13 @@ def features(opts, num_gen, min_real, min_gen, what):
         num_gen: generated images.
         min_real, min_gen: fewest images each side needs (k + 1 for a k-NN radius); fewer is a ValueError.
         what: the metric's name, for the error lines.
+        training: read the generator's training set (opts.training_set_kwargs) as the real set; the
+            generated images are the same either way.
     """
     detector = opts.get_detector()
     real = metric_utils.compute_feature_stats_for_dataset(
-        opts=opts, detector=detector, capture_all=True, capture_mean_cov=True, max_items=None)
+        opts=training_options(opts) if training else opts, detector=detector, capture_all=True,
+        capture_mean_cov=True, max_items=None)
     gen = metric_utils.compute_feature_stats_for_generator(
         opts=opts, detector=detector, capture_all=True, capture_mean_cov=True, max_items=num_gen)
     make = lambda: Features(real, gen, opts.device, what)  # noqa: E731
@@ -83,6 +98,8 @@ def fid_to(feats, rows):
     sigma = centred.T @ centred / part.shape[0]  # population covariance, as FID's statistics
     mu_gen, sigma_gen = feats.gen_stats.get_mean_cov_torch()
     mu_gen, sigma_gen = mu_gen.to(mu.device), sigma_gen.to(mu.device)
-    factor = fid_lib.psd_factor(sigma)
+    # A part smaller than the dimension (a study set's 200 generated images against 2048 features) has
+    # the exact factor B = centred^T / sqrt(n), B B^T = sigma: the traces then need n x n eigenproblems.
+    factor = centred.T / part.shape[0] ** 0.5 if part.shape[0] <= part.shape[1] else fid_lib.psd_factor(sigma)
     point = float(fid_lib.frechet_distance_torch(mu, sigma, mu_gen, sigma_gen, factor1=factor))
     return point, fid_lib.fid_uncertainty(point, feats.gen, mu, sigma, factor_real=factor)

@@ -51,7 +51,7 @@ def memorisation(real, gen, nearest_two, weights=None, top_k=TOP_K):
 
 def compute_memorisation(opts, num_gen, key):
     """(results, uncertainty, details) of the registered metric `key`."""
-    feats = feature_space.features(opts, num_gen, min_real=3, min_gen=1, what=key)
+    feats = feature_space.features(opts, num_gen, min_real=3, min_gen=1, what=key, training=True)
     if opts.rank != 0:
         return {key: float('nan'), f'{key}_nn_ratio': float('nan')}, None, None
     return memorisation_record(opts, feats, num_gen, key)

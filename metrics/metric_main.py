@@ -84,7 +84,7 @@ def relabel_result_key(key, num_gen) -> str:
 
 
 def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, detector=None, num_gen=None,
-                progress=None, cache=True, seed=None, G_kwargs=None, shared=None):
+                progress=None, cache=True, seed=None, G_kwargs=None, shared=None, training_set_kwargs=None):
     """Evaluate one registered metric of generator G.
 
     Args:
@@ -100,6 +100,8 @@ def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, dete
         seed: None (fresh randomness, as upstream) or int for reproducible sampling.
         G_kwargs: extra generator kwargs (default none: psi = 1, noise_mode='random').
         shared: a SharedFeatures given to every metric of one snapshot (one feature pass), or None.
+        training_set_kwargs: G's training set when it differs from dataset_kwargs (memo50k_full and
+            pull50k_full compare with the training images; the study measures FID against the real subset).
 
     Returns:
         EasyDict(results, metric, total_time, total_time_str, num_gpus, detector=dict(name, sha256), num_gen),
@@ -113,7 +115,8 @@ def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, dete
         raise ValueError(f'num_gen must be at least 2, got {num_gen}')
     opts = metric_utils.MetricOptions(G=None, G_kwargs=G_kwargs, dataset_kwargs=dataset_kwargs,
                                       num_gpus=num_gpus, rank=rank, device=device, progress=progress,
-                                      cache=cache, detector=detector, seed=seed, shared=shared)
+                                      cache=cache, detector=detector, seed=seed, shared=shared,
+                                      training_set_kwargs=training_set_kwargs)
     if G is not None:
         opts.G = metric_utils.prepare_generator(G, opts.device)
 

@@ -68,10 +68,13 @@ class MetricOptions:
         batch_size: images per detector call (per rank).
         shared: a SharedFeatures reused by every metric of one evaluation, or None (each metric runs its
             own feature passes).
+        training_set_kwargs: the generator's training set, where it differs from dataset_kwargs (the
+            metrics about training images, memorisation and pull, read it); None = dataset_kwargs.
     """
 
     def __init__(self, G=None, G_kwargs=None, dataset_kwargs=None, num_gpus=1, rank=0, device=None,
-                 progress=None, cache=True, detector=None, seed=None, batch_size=64, shared=None):
+                 progress=None, cache=True, detector=None, seed=None, batch_size=64, shared=None,
+                 training_set_kwargs=None):
         assert 0 <= rank < num_gpus
         self.G = G
         self.G_kwargs = util.EasyDict(G_kwargs or {})
@@ -87,6 +90,7 @@ class MetricOptions:
         self.seed = seed
         self.batch_size = batch_size
         self.shared = shared
+        self.training_set_kwargs = util.EasyDict(training_set_kwargs) if training_set_kwargs else None
 
     def get_detector(self):
         """The Inception detector for this run (loaded once per weights file and device)."""

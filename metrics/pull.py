@@ -27,11 +27,12 @@ class Skipped(Exception):
 
 
 def part_labels(opts, key):
-    """bool [N] (True = generated) of the real set's items, or Skipped with the reason."""
-    dataset = metric_utils.construct_dataset(opts.dataset_kwargs)
+    """bool [N] (True = generated) of the training set's items, or Skipped with the reason."""
+    kwargs = feature_space.training_options(opts).dataset_kwargs
+    dataset = metric_utils.construct_dataset(kwargs)
     try:
         labels = getattr(dataset, 'part_labels', None)
-        name = opts.dataset_kwargs.get('path', type(dataset).__name__)
+        name = kwargs.get('path', type(dataset).__name__)
         if labels is None:
             raise Skipped(f'{key} skipped: {name} has no part labels (only sets built by '
                           f'dataset_tool.py celebamask record which images are generated)')
@@ -89,7 +90,7 @@ def balanced_accuracy(logits, y):
 def compute_pull(opts, num_gen, key):
     """(results, uncertainty, details) of the registered metric `key`; Skipped for sets without parts."""
     labels = part_labels(opts, key)
-    feats = feature_space.features(opts, num_gen, min_real=2, min_gen=2, what=key)
+    feats = feature_space.features(opts, num_gen, min_real=2, min_gen=2, what=key, training=True)
     if opts.rank != 0:
         return {}, None, None
     return pull_record(opts, feats, labels, num_gen, key)

@@ -127,7 +127,7 @@ def evaluated(generators, mixed_set):
     for name, G in generators.items():
         shared = metric_utils.SharedFeatures()
         out[name] = {m: _evaluate(m, G, mixed_set[0], shared=shared)
-                     for m in ('fid50k_full', 'prdc50k_full', 'memo50k_full', 'pull50k_full')}
+                     for m in ('prdc50k_full', 'memo50k_full', 'pull50k_full')}
     return out
 
 # ----------------------------------------------------------------------------
@@ -312,3 +312,40 @@ def test_the_dataset_reads_part_labels(mixed_set, families, tmp_path):
     ds = ImageFolderDataset(path)
     assert (ds.part_labels == generated).all()
     assert ImageFolderDataset(write_zip(tmp_path / 'p.zip', families['warm'][:4])).part_labels is None
+
+
+def test_memo_and_pull_compare_with_the_training_set(families, generators, mixed_set, tmp_path):
+    """The study measures FID against the real subset; memorisation and pull still read the training set."""
+    real_only = write_zip(tmp_path / 'real.zip', families['warm'])
+    kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=real_only)
+    train = dict(kwargs, path=mixed_set[0])
+    shared, det = metric_utils.SharedFeatures(), PixelDetector()
+    res = {m: metric_main.calc_metric(m, generators['replay'], kwargs, device='cpu', detector=det, num_gen=NUM_GEN,
+                                      cache=False, seed=1, shared=shared, training_set_kwargs=train)
+           for m in ('fid50k_full', 'memo50k_full', 'pull50k_full')}
+    assert res['pull50k_full'].results['pull400_full_base'] == pytest.approx(0.2)
+    assert res['memo50k_full'].results['memo400_full'] > 0.99   # replays are copies of *training* images
+    assert det.images_seen == NUM_WARM + (NUM_WARM + NUM_COOL) + NUM_GEN  # two real sets, one generated pass
+    assert 'no part labels' in _evaluate('pull50k_full', generators['replay'], real_only).skipped
+
+
+@pytest.mark.parametrize('n_part', [30, 300])  # fewer and more rows than the 192 dimensions
+def test_pull_fids_equal_fid_from_the_parts_statistics(n_part):
+    from metrics import feature_space
+    from metrics.frechet_inception_distance import frechet_distance
+    rng = np.random.default_rng(n_part)
+    real = rng.normal(size=[n_part + 50, 192]) + np.arange(n_part + 50)[:, None] % 3
+    gen = rng.normal(size=[80, 192]) * 1.2
+
+    def stats(x):
+        s = metric_utils.FeatureStats(capture_all=True, capture_mean_cov=True)
+        s.append(x)
+        return s
+    feats = feature_space.Features(stats(real), stats(gen), 'cpu', 'test')
+    rows = torch.arange(n_part + 50) < n_part
+    got, unc = feature_space.fid_to(feats, rows)
+    part = feats.real[rows].numpy()
+    mu_g, sigma_g = stats(gen).get_mean_cov()
+    want = frechet_distance(part.mean(0), np.cov(part, rowvar=False, bias=True), mu_g, sigma_g)
+    assert got == pytest.approx(want, rel=1e-7)  # (the full-rank form adds roots of rounding-level eigenvalues)
+    assert unc['se'] > 0 and unc['replicates'] == 50
