@@ -14,7 +14,9 @@ Training settings and where they come from:
     --resume ffhq512          paper 2.2: FFHQ-pretrained StyleGAN2, 512x512 data (2.1)
     --kimg 100                paper 2.5.1: train until 100 kimg
     --snap-kimg 40,60,80,100  paper 2.5.3: FID at 40, 60, 80, 100 kimg
-    --metrics fid50k_full     paper 2.5.1: FID from 50k generated images against a fixed real set
+    --metrics fid50k_full,... paper 2.5.1: FID from 50k generated images against a fixed real set; the
+                              grid adds prdc50k_full, memo50k_full and pull50k_full (docs/metrics.md),
+                              read from the same feature pass, to say why a mixed set's FID moves
     --metric-data             paper Table 2: Mix-datasetk is compared with CelebAMask-HQk
     --lr-schedule             paper Table 1 (presets in schedulers.PRESETS; 12 cycles, paper 2.4)
     --cfg paper512            the paper's fixed lr 0.0025 is paper512's lr (cfg stylegan2 uses 0.002),
@@ -73,6 +75,8 @@ PAPER_LABELS = dict(SCHEDULES)
 TOTAL_KIMG = 100
 SNAP_KIMG = (40, 60, 80, 100)
 METRIC = 'fid50k_full'
+# Every metric the runs evaluate at each point: FID first (the paper's), then why it moved.
+METRICS = (METRIC, 'prdc50k_full', 'memo50k_full', 'pull50k_full')
 # Generated images of a metric line without a recorded count (upstream's lines; ours at the default).
 STANDARD_NUM_GEN = 50000
 
@@ -87,7 +91,7 @@ COMMON_TRAIN_ARGS = (
     ('--resume', 'ffhq512'),
     ('--kimg', str(TOTAL_KIMG)),
     ('--snap-kimg', ','.join(str(k) for k in SNAP_KIMG)),
-    ('--metrics', METRIC),
+    ('--metrics', ','.join(METRICS)),
 )
 
 
