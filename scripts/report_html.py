@@ -6,6 +6,7 @@ are given as (heading, html) pairs built by the helpers below from the same data
 
 import base64
 import html
+import os
 import re
 
 STYLE = '''
@@ -18,6 +19,7 @@ td.best { font-weight: bold; }
 td.worst { text-decoration: underline double; }
 td.missing { color: #999; font-style: italic; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0 1.5em 0; }
+figure.memo { display: inline-block; width: 14em; vertical-align: top; font-size: small; }
 p.note { color: #555; }
 '''
 
@@ -74,6 +76,25 @@ def markdown_html(md):
 def figure_html(name, png_bytes):
     data = base64.b64encode(png_bytes).decode('ascii')
     return f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{data}"><figcaption>{esc(name)}</figcaption></figure>'
+
+
+def memorised_panel(memorised):
+    """Each most memorised sample's nearest training image with what is known of the sample.
+
+    The metric records features, not images: a sample is named by its position in the evaluation's
+    generated stream (reproducible only from a seeded evaluation of the same snapshot).
+    """
+    items = []
+    for t in memorised:
+        caption = (f'{t["dataset"]} #{t["train_index"]}: nearest training image of generated image {t["gen_index"]} '
+                   f'({os.path.basename(os.path.normpath(t["run_dir"]))}, {t["kimg"]} kimg, ratio {t["ratio"]:.3f}'
+                   + (f', evaluation seed {t["seed"]}' if t.get('seed') is not None else '') + ')')
+        img = (f'<img alt="{esc(caption)}" src="data:image/png;base64,{base64.b64encode(t["image"]).decode("ascii")}">'
+               if t.get('image') else '<p class="note">(training image not readable here)</p>')
+        items.append(f'<figure class="memo">{img}<figcaption>{esc(caption)}</figcaption></figure>')
+    note = paragraph('Generated images are identified by their index in the evaluation; the metric stores features, '
+                     'not images, so only their nearest training images are shown.', note=True)
+    return note + '\n'.join(items)
 
 
 def paragraph(text, note=False):

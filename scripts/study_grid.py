@@ -241,7 +241,11 @@ def _line_value(record, metric, result_key):
         return None
     num_gen = record.get('num_gen')
     num_gen = STANDARD_NUM_GEN if num_gen is None else int(num_gen)
-    if result_key is not None:
+    if callable(result_key):  # picks the key from the line's results (e.g. whatever its count label)
+        key = result_key(results)
+        if key is None:
+            return None
+    elif result_key is not None:
         key = result_key
     elif metric in results:
         key = metric
@@ -261,8 +265,8 @@ def read_metric_series(run_dir, metric=METRIC, result_key=None):
     Args:
         run_dir:    A run directory.
         metric:     Metric name (file metric-<metric>.jsonl).
-        result_key: Key inside `results`; default: the metric name, or the single relabelled key of a
-                    line with a recorded `num_gen`.
+        result_key: Key inside `results`, or a function results -> key (None: no value); default: the
+                    metric name, or the single relabelled key of a line with a recorded `num_gen`.
 
     Returns:
         dict num_gen (int) -> dict kimg (int) -> float; empty when the file does not exist.
