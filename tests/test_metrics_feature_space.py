@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from metrics import memorisation, metric_main, metric_utils, nearest, prdc, pull
+from tests.test_metrics_e2e import ToyDetector
 from training.dataset import ImageFolderDataset
 
 sklearn_datasets = pytest.importorskip('sklearn.datasets')
@@ -77,19 +78,14 @@ def mixed_set(families, tmp_path_factory):
 # Detector and "generators".
 
 
-class PixelDetector:
+class PixelDetector(ToyDetector):
     """The image at 8x8 as 192 features: nearest neighbours are nearest digits."""
 
     name = 'pixels8'
     sha256 = '8' * 64
-    has_classifier = False
-
-    def __init__(self):
-        self.images_seen = 0
 
     def features(self, images):
-        assert images.dtype == torch.uint8
-        self.images_seen += len(images)
+        super().features(images)  # checks the dtype and counts the images
         return torch.nn.functional.avg_pool2d(images.float(), 2).flatten(1)
 
 
