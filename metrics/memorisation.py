@@ -9,13 +9,20 @@ training images than those are to each other are copies or near-copies, whatever
 The ratio of the two medians is a result too (below 1: closer than training images to each other).
 """
 
+import base64
+import io
+
+import numpy as np
+import PIL.Image
 import torch
 
-from . import feature_space, nearest
+from . import feature_space, metric_utils, nearest
 
 RATIO_THRESHOLD = 1 / 3
 QUANTILES = (0.01, 0.05, 0.25, 0.5)
 TOP_K = 16      # most memorised generated images listed in the record (for the report's panel)
+THUMBNAILS = 8  # of them stored as images (PNG, at most THUMBNAIL_SIZE pixels a side: ~10 KB each)
+THUMBNAIL_SIZE = 64
 
 
 def memorisation(real, gen, nearest_two, weights=None, top_k=TOP_K):
@@ -49,6 +56,16 @@ def memorisation(real, gen, nearest_two, weights=None, top_k=TOP_K):
                 gen_quantiles=[float(v) for v in gen_q], train_quantiles=[float(v) for v in train_q], top=top)
 
 
+def thumbnail_png(img):
+    """uint8 [C, H, W] -> base64 text of a PNG at most THUMBNAIL_SIZE pixels a side (box-filtered)."""
+    pil = PIL.Image.fromarray(img[0] if img.shape[0] == 1 else np.ascontiguousarray(img.transpose(1, 2, 0)))
+    if max(pil.size) > THUMBNAIL_SIZE:
+        pil = pil.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE * pil.size[1] // pil.size[0]), PIL.Image.BOX)
+    buf = io.BytesIO()
+    pil.save(buf, format='png')
+    return base64.b64encode(buf.getvalue()).decode('ascii')
+
+
 def compute_memorisation(opts, num_gen, key):
     """(results, uncertainty, details) of the registered metric `key`."""
     feats = feature_space.features(opts, num_gen, min_real=3, min_gen=1, what=key, training=True)
@@ -61,6 +78,9 @@ def memorisation_record(opts, feats, num_gen, key):
     """(results, uncertainty, details) from feature_space.Features."""
     weights = feature_space.bootstrap_weights(num_gen, feats.gen.device)
     m = memorisation(feats.real, feats.gen, feature_space.nearest_training(opts, feats), weights)
+    images = metric_utils.regenerate(opts, feats.gen_stats, [t['gen_index'] for t in m['top'][:THUMBNAILS]])
+    for t, img in zip(m['top'], [] if images is None else images.cpu().numpy()):
+        t['image_png'] = thumbnail_png(img)
     details = dict(ratio_threshold=RATIO_THRESHOLD, quantiles=list(QUANTILES), gen_nn_quantiles=m['gen_quantiles'],
                    train_loo_nn_quantiles=m['train_quantiles'], seed=opts.seed, top=m['top'])
     return {key: m['share'], f'{key}_nn_ratio': m['median_ratio']}, {key: m['interval']}, details

@@ -502,14 +502,17 @@ class LatentStream:
         opts: MetricOptions (device, seed, dataset for labels).
         G: the generator (z_dim, c_dim).
         total: rows this rank will take.
+        keep: keep every z handed out (total x z_dim floats on the device), so that rows can be
+            generated again (the memorisation metric shows its most memorised samples).
     """
 
-    def __init__(self, opts, G, total):
+    def __init__(self, opts, G, total, keep=False):
         self.z_dim, self.device, self.total = G.z_dim, opts.device, total
         self.generator = opts.torch_generator(salt=1)
         self.labels = _draw_labels(opts, G, total)
         self.drawn = self.served = 0
         self._spare = None  # drawn z rows not handed out yet
+        self._kept = [] if keep else None
 
     def _next_chunk(self):
         k = min(LATENT_CHUNK, self.total - self.drawn)
@@ -527,7 +530,15 @@ class LatentStream:
             need -= parts[-1].shape[0]
         c = self.labels[self.served:self.served + k]
         self.served += k
-        return (parts[0] if len(parts) == 1 else torch.cat(parts)), c
+        z = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if self._kept is not None:
+            self._kept.append(z)
+        return z, c
+
+    def rows(self, index):
+        """(z, c) of the rows handed out at positions `index` (a kept stream only)."""
+        assert self._kept is not None, 'this stream keeps no rows'
+        return torch.cat(self._kept)[index], self.labels[index]
 
 
 class SideStream:
@@ -608,17 +619,36 @@ def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=No
     if opts.shared is not None:
         key = _shared_key('generated', opts, detector, max_items, use_probabilities)
         return opts.shared.get(key, lambda: _generator_stats(opts, detector, max_items, batch_size, batch_gen,
-                                                             use_probabilities, SharedFeatures.STATS_KWARGS))
+                                                             use_probabilities, SharedFeatures.STATS_KWARGS,
+                                                             keep_latents=opts.num_gpus == 1))
     return _generator_stats(opts, detector, max_items, batch_size, batch_gen, use_probabilities, stats_kwargs)
 
 
-def _generator_stats(opts, detector, max_items, batch_size, batch_gen, use_probabilities, stats_kwargs):
+def regenerate(opts, stats, index):
+    """uint8 images [k, C, H, W] of the generated rows `index` of a shared single-process pass, or None.
+
+    The rows' z and labels are those of the pass; noise inputs are drawn anew (noise_mode='random'
+    alters only fine detail), so the images are the samples the features came from, up to that noise.
+    """
+    latents = getattr(stats, 'latents', None)
+    if latents is None or opts.G is None:
+        return None
+    z, c = latents.rows(torch.as_tensor(index, device=opts.device))
+    devices = [opts.device] if opts.device.type == 'cuda' else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=opts.seed is not None):
+        if opts.seed is not None:  # seeded evaluations draw the same noise every time
+            torch.manual_seed(int(np.random.SeedSequence([opts.seed, opts.rank, 4]).generate_state(1)[0]))
+        return quantize_images(opts.G(z=z, c=c, **opts.G_kwargs))
+
+
+def _generator_stats(opts, detector, max_items, batch_size, batch_gen, use_probabilities, stats_kwargs,
+                     keep_latents=False):
     G = opts.G
     assert G is not None, 'no generator given'
     batch_size = batch_size or opts.batch_size
     batch_gen = -(-(batch_gen or choose_batch_gen(G, opts.device, batch_size)) // batch_size) * batch_size
     total = -(-max_items // opts.num_gpus)  # per rank; the surplus of the last gathered batch is dropped
-    latents = LatentStream(opts, G, total)
+    latents = LatentStream(opts, G, total, keep=keep_latents)
     streams = SideStream(opts.device) if opts.device.type == 'cuda' else None
     extract = detector.probabilities if use_probabilities else detector.features
 
@@ -632,6 +662,8 @@ def _generator_stats(opts, detector, max_items, batch_size, batch_gen, use_proba
                 stats.append_torch(gather_interleaved(extract(part), opts))
             progress.update(stats.num_items)
     progress.close()
+    if keep_latents:
+        stats.latents = latents  # (regenerate() reads it)
     return stats
 
 

@@ -854,7 +854,7 @@ def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True, points=sg.SNAP
     if paper_rows is not None:
         summary['paper_comparison'] = paper_rows
     summary['why'] = why_summary
-    summary['most_memorised'] = [{k: v for k, v in t.items() if k != 'image'} for t in memorised]
+    summary['most_memorised'] = [{k: v for k, v in t.items() if k not in ('image', 'image_png')} for t in memorised]
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'summary.json'), json.dumps(summary, indent=2) + '\n')
     summary['paper_text'] = paper_text
     return summary

@@ -19,7 +19,8 @@ td.best { font-weight: bold; }
 td.worst { text-decoration: underline double; }
 td.missing { color: #999; font-style: italic; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0 1.5em 0; }
-figure.memo { display: inline-block; width: 14em; vertical-align: top; font-size: small; }
+figure.memo { display: inline-block; width: 16em; vertical-align: top; font-size: small; }
+figure.memo img { width: 7em; image-rendering: pixelated; margin: 0.2em; }
 p.note { color: #555; }
 '''
 
@@ -79,21 +80,19 @@ def figure_html(name, png_bytes):
 
 
 def memorised_panel(memorised):
-    """Each most memorised sample's nearest training image with what is known of the sample.
-
-    The metric records features, not images: a sample is named by its position in the evaluation's
-    generated stream (reproducible only from a seeded evaluation of the same snapshot).
-    """
+    """Each most memorised sample (its thumbnail, when the record stores one) beside its nearest training image."""
     items = []
     for t in memorised:
-        caption = (f'{t["dataset"]} #{t["train_index"]}: nearest training image of generated image {t["gen_index"]} '
-                   f'({os.path.basename(os.path.normpath(t["run_dir"]))}, {t["kimg"]} kimg, ratio {t["ratio"]:.3f}'
-                   + (f', evaluation seed {t["seed"]}' if t.get('seed') is not None else '') + ')')
-        img = (f'<img alt="{esc(caption)}" src="data:image/png;base64,{base64.b64encode(t["image"]).decode("ascii")}">'
-               if t.get('image') else '<p class="note">(training image not readable here)</p>')
-        items.append(f'<figure class="memo">{img}<figcaption>{esc(caption)}</figcaption></figure>')
-    note = paragraph('Generated images are identified by their index in the evaluation; the metric stores features, '
-                     'not images, so only their nearest training images are shown.', note=True)
+        caption = (f'generated image {t["gen_index"]} ({os.path.basename(os.path.normpath(t["run_dir"]))}, '
+                   f'{t["kimg"]} kimg) and its nearest training image {t["dataset"]} #{t["train_index"]}: '
+                   f'ratio {t["ratio"]:.3f}')
+        gen = (f'<img alt="generated" src="data:image/png;base64,{t["image_png"]}">' if t.get('image_png') else
+               '<p class="note">(not stored)</p>')
+        real = (f'<img alt="training" src="data:image/png;base64,{base64.b64encode(t["image"]).decode("ascii")}">'
+                if t.get('image') else '<p class="note">(training image not readable here)</p>')
+        items.append(f'<figure class="memo">{gen}{real}<figcaption>{esc(caption)}</figcaption></figure>')
+    note = paragraph('Left: the generated image (a thumbnail the metric stores for its 8 most memorised samples); '
+                     'right: its nearest training image.', note=True)
     return note + '\n'.join(items)
 
 

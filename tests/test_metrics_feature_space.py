@@ -345,3 +345,17 @@ def test_pull_fids_equal_fid_from_the_parts_statistics(n_part):
     want = frechet_distance(part.mean(0), np.cov(part, rowvar=False, bias=True), mu_g, sigma_g)
     assert got == pytest.approx(want, rel=1e-7)  # (the full-rank form adds roots of rounding-level eigenvalues)
     assert unc['se'] > 0 and unc['replicates'] == 50
+
+
+def test_the_most_memorised_samples_are_stored_as_images(evaluated, mixed_set):
+    """A replaying generator's top samples are training images: the stored thumbnails are those images."""
+    import base64
+    import PIL.Image
+    _, images, _ = mixed_set
+    top = evaluated['replay']['memo50k_full'].details['top']
+    with_image = [t for t in top if 'image_png' in t]
+    assert len(with_image) == memorisation.THUMBNAILS
+    for t in with_image:
+        img = np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(t['image_png'])))).transpose(2, 0, 1)
+        assert t['distance'] == pytest.approx(0, abs=1e-6)
+        assert (img == images[t['train_index']]).all()

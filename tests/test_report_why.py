@@ -37,7 +37,8 @@ def _write_run(run_dir, zip_path, preset, seed, pull_at, ratio_offset, num_gen=N
                                  uncertainty={f'pull{label}_full_nn': {'ci95': [pull_at[kimg] - 0.01, pull_at[kimg] + 0.01]}}),
             'memo50k_full': dict(results={f'memo{label}_full': 0.01, f'memo{label}_full_nn_ratio': 1.1},
                                  details=dict(seed=None, top=[dict(gen_index=g, train_index=g + 3, ratio=ratio_offset + g / 100,
-                                                                   distance=1.0) for g in range(3)])),
+                                                                   distance=1.0, image_png=f'R0VO{preset}{seed}{g}')
+                                                              for g in range(3)])),
             'prdc50k_full': dict(results={f'prdc{label}_full_precision': 0.7, f'prdc{label}_full_recall': 0.5}),
         }
         for metric, record in lines.items():
@@ -69,6 +70,8 @@ def test_why_sections_tables_pairs_figure_and_panel(tmp_path):
     assert top[0]['train_index'] == 3 and top[0]['kimg'] == 100
     html = open(tmp_path / 'out' / 'report.html', encoding='utf-8').read()
     assert 'Most memorised generated images' in html and html.count('<figure class="memo">') == len(top)
+    assert 'src="data:image/png;base64,R0VOfixed00"' in html  # the stored thumbnail beside the training image
+    assert 'image_png' not in json.dumps(summary['most_memorised'])
     first = report.training_image(zip_path, top[0]['train_index'])
     assert PIL.Image.open(io.BytesIO(first)).getpixel((0, 0)) == (3, 0, 0)
 
