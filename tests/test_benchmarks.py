@@ -55,7 +55,9 @@ def test_bench_training_cpu():
 @pytest.mark.slow
 def test_bench_metrics_cpu():
     out = _bench('bench_metrics.py', '--device', 'cpu', '--resolution', '32', '--num-gen', '8', '--num-real', '8',
-                 '--cbase', '512', '--batch', '8', '--repeats', '1')
+                 '--cbase', '512', '--batch', '8', '--repeats', '1', '--nn-dim', '64')
+    _ratio(out, r'feature-space .*ratio\s+([0-9.]+)x')
+    _ratio(out, r'shared pass .*prdc50k_full.*memo50k_full.*pull50k_full.*ratio\s+([0-9.]+)x')
     _ratio(out, r'ratio\s+([0-9.]+)x')
     assert re.search(r'detector \S+ sha256 [0-9a-f]{16}', out), out[-2000:]
     assert re.search(r"'fid8_full': [0-9.]+", out), out[-2000:]

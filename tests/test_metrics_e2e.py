@@ -206,7 +206,8 @@ def test_unknown_metric_and_bad_num_gen():
     assert metric_main.is_valid_metric('fid50k_full') and not metric_main.is_valid_metric('fid10k')
     assert metric_main.list_valid_metrics() == ['fid50k_full', 'kid50k_full', 'pr50k3_full', 'ppl2_wend', 'is50k',
                                                 'fid50k', 'kid50k', 'pr50k3', 'ppl_zfull', 'ppl_wfull',
-                                                'ppl_zend', 'ppl_wend']  # upstream's registry order
+                                                'ppl_zend', 'ppl_wend',  # upstream's registry order
+                                                'prdc50k_full', 'memo50k_full', 'pull50k_full']
 
 # ----------------------------------------------------------------------------
 # Two CPU processes over gloo give the same statistics as one.
