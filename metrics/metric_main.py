@@ -169,6 +169,13 @@ def result_line(result_dict, run_dir=None, snapshot_pkl=None, kimg=None) -> str:
     return json.dumps(ordered)
 
 
+def console_line(line):
+    """The printed form of a result line: without `details` (memorisation's thumbnails are ~80 KB of
+    base64), which only the jsonl file keeps, so log.txt stays readable."""
+    record = json.loads(line)
+    return line if record.pop('details', None) is None else json.dumps(record)
+
+
 def report_metric(result_dict, run_dir=None, snapshot_pkl=None, kimg=None):
     """Print the result line and append it to <run_dir>/metric-<metric>.jsonl.
 
@@ -179,7 +186,7 @@ def report_metric(result_dict, run_dir=None, snapshot_pkl=None, kimg=None):
         print(result_dict['skipped'], flush=True)
         return
     line = result_line(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=kimg)
-    print(line, flush=True)
+    print(console_line(line), flush=True)
     if run_dir is not None and os.path.isdir(run_dir):
         _append_line(os.path.join(run_dir, f'metric-{result_dict["metric"]}.jsonl'), line)
 
