@@ -93,6 +93,20 @@ def dataset_kwargs_for(data, snapshot, G, mirror):
     return kwargs
 
 
+def training_kwargs_for(snapshot, dataset_kwargs):
+    """The snapshot's own training set when it is readable here (memo and pull compare with the
+    training images, which --data may not be), else dataset_kwargs."""
+    from patches import pickle_rules
+    kwargs = snapshot.get('training_set_kwargs')
+    try:
+        pickle_rules.check_dataset_kwargs(kwargs)
+    except pickle_rules.PickleContentError:
+        return dataset_kwargs
+    if not os.path.exists(str(kwargs.get('path'))):
+        return dataset_kwargs
+    return dnnlib.util.EasyDict(kwargs, resolution=dataset_kwargs.resolution, use_labels=dataset_kwargs.use_labels)
+
+
 def open_dataset(dataset_kwargs, label):
     """Build the real dataset once, so that an empty, non-square or mismatched set fails before any
     detector download; errors become one line naming `label` (the flag or the pickle's training set)."""
@@ -159,16 +173,18 @@ def evaluate(rank, args):
         open_dataset(dataset_kwargs, '--data' if args.data is not None else 'the pickle\'s training set')
         if verbose:
             print('Dataset options:', json.dumps(dataset_kwargs, default=str))
+        shared = metric_main.SharedFeatures()  # one feature pass for all of this snapshot's metrics
         for metric in todo:
             if verbose:
                 print(f'Calculating {metric}...')
             result = metric_main.calc_metric(metric=metric, G=G, dataset_kwargs=dataset_kwargs,
                                              num_gpus=args.num_gpus, rank=rank, device=device,
                                              detector=args.detector, num_gen=args.num_gen, progress=verbose,
-                                             seed=args.seed)
+                                             seed=args.seed, shared=shared,
+                                             training_set_kwargs=training_kwargs_for(snapshot, dataset_kwargs))
             if rank == 0:
                 metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network, kimg=parse_kimg(network))
-        del snapshot, G
+        del snapshot, G, shared
 
 
 def subprocess_fn(rank, args, temp_dir):

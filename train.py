@@ -224,16 +224,18 @@ def preflight(args, plan):
 # Training processes.
 
 
-def make_metric_fn(metrics, dataset_kwargs, num_gen, num_gpus, rank, run_dir):
+def make_metric_fn(metrics, dataset_kwargs, num_gen, num_gpus, rank, run_dir, training_set_kwargs=None):
     """The loop's metric callback: every metric on a snapshot's G_ema, tqdm progress on rank 0,
-    results appended to metric-<name>.jsonl (training/ never imports metrics/)."""
+    results appended to metric-<name>.jsonl (training/ never imports metrics/). Memorisation and pull
+    compare with `training_set_kwargs` (the training images), the others with `dataset_kwargs`."""
     from metrics import metric_main
 
     def evaluate(G, snapshot_pkl, cur_nimg, device):
-        results = {}
+        results, shared = {}, metric_main.SharedFeatures()  # one feature pass for all the snapshot's metrics
         for metric in metrics:
             result = metric_main.calc_metric(metric=metric, G=G, dataset_kwargs=dataset_kwargs, num_gpus=num_gpus,
-                                             rank=rank, device=device, num_gen=num_gen, progress=rank == 0)
+                                             rank=rank, device=device, num_gen=num_gen, progress=rank == 0,
+                                             shared=shared, training_set_kwargs=training_set_kwargs)
             if rank == 0:
                 metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=cur_nimg / 1e3)
             results.update(result.results)
@@ -250,7 +252,7 @@ def train_rank(rank, args):
     metric_fn = None
     if args.get('metrics'):
         metric_fn = make_metric_fn(args['metrics'], dataset_kwargs, num_gen, args.get('num_gpus', 1), rank,
-                                   args['run_dir'])
+                                   args['run_dir'], training_set_kwargs=args['training_set_kwargs'])
     return training_loop.run_training(rank, args, metric_fn=metric_fn)
 
 

@@ -11,8 +11,13 @@ Prints images/second for
     copied to the host and summed there after every detector batch), over --loop-images images;
   - FID's bootstrap interval on --num-gen synthetic 2048-d features, against the time the detector
     needs to extract that many features (the ratio is the interval's extra cost);
+  - the Inception-space metrics (prdc, memo, pull) on --num-gen x --nn-real synthetic 2048-d features
+    (20% of the real rows marked generated), against the time the detector needs to extract that many
+    features (the ratio is their extra cost at study scale: 50k against 1,000 to 70,000);
 and the total time of one metric (default fid50k_full) at the given resolution and --num-gen,
-against a synthetic real set of --num-real random images (real statistics included, cache off).
+against a synthetic real set of --num-real random images (real statistics included, cache off), then
+prdc50k_full, memo50k_full and pull50k_full from the same feature pass, against that first metric's
+time (feature pass included).
 
 Examples:
     python benchmarks/bench_metrics.py --device cuda --resolution 256 --num-gen 5000
@@ -31,7 +36,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from metrics import frechet_inception_distance, metric_main, metric_utils  # noqa: E402
+from metrics import (feature_space, frechet_inception_distance, memorisation, metric_main, metric_utils,  # noqa: E402
+                     prdc, pull)
 from metrics.detector import resolve_detector  # noqa: E402
 
 
@@ -57,6 +63,8 @@ def _make_generator(network, resolution, cbase, device):
 
 
 def _make_real_zip(path, n, resolution):
+    """n random images; every fifth is marked generated in dataset.json (the part labels pull needs)."""
+    import json
     from PIL import Image
     rng = np.random.default_rng(0)
     with zipfile.ZipFile(path, 'w') as z:
@@ -64,6 +72,7 @@ def _make_real_zip(path, n, resolution):
             img = rng.integers(0, 256, size=(resolution, resolution, 3), dtype=np.uint8)
             with z.open(f'{i:06d}.png', 'w') as f:
                 Image.fromarray(img).save(f, format='PNG')
+        z.writestr('dataset.json', json.dumps(dict(labels=None, generated=[f'{i:06d}.png' for i in range(0, n, 5)])))
 
 
 def _baseline_feature_loop(G, det, num_images, batch, device):
@@ -121,6 +130,42 @@ def _bench_bootstrap(num_gen, feats_per_s, device):
           f' replicates   extraction {extract:9.2f} s   ratio {elapsed / extract:5.3f}x')
 
 
+def _synthetic_stats(x):
+    stats = metric_utils.FeatureStats(capture_all=True, capture_mean_cov=True)
+    stats.append_torch(x)
+    return stats
+
+
+def _bench_feature_space(num_gen, num_real, dim, feats_per_s, device):
+    """Time prdc, memo and pull on synthetic features; compare with extracting as many features."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(num_real) % 5 == 0
+    real = rng.standard_normal((num_real, dim), dtype=np.float32) + 0.5 * labels[:, None]
+    gen = rng.standard_normal((num_gen, dim), dtype=np.float32)
+    feats = feature_space.Features(_synthetic_stats(torch.from_numpy(real).to(device)),
+                                   _synthetic_stats(torch.from_numpy(gen).to(device)), device, 'bench')
+    opts = metric_utils.MetricOptions(device=device)
+    times = dict(prdc=_timed(lambda: prdc.prdc_record(feats, num_gen, 'p'), device),
+                 memo=_timed(lambda: memorisation.memorisation_record(opts, feats, num_gen, 'm'), device),
+                 pull=_timed(lambda: pull.pull_record(opts, feats, labels, num_gen, 'u'), device))
+    total, extract = sum(times.values()), (num_gen + num_real) / feats_per_s
+    parts = ', '.join(f'{k} {v:.2f}' for k, v in times.items())
+    print(f'feature-space   {total:9.2f} s for {num_gen} x {num_real} {dim}-d features ({parts})   extraction {extract:9.2f} s'
+          f'   ratio {total / extract:5.3f}x')
+
+
+def _bench_shared_pass(G, det, kwargs, num_gen, device, metric):
+    """`metric` (it runs the feature pass), then the three Inception-space metrics from the same pass."""
+    shared = metric_utils.SharedFeatures()
+    run = lambda m: metric_main.calc_metric(m, G, kwargs, device=device, detector=det, num_gen=num_gen,  # noqa: E731
+                                            cache=False, shared=shared)
+    first_s = _timed(lambda: run(metric), device)
+    times = {m: _timed(lambda m=m: run(m), device) for m in ('prdc50k_full', 'memo50k_full', 'pull50k_full')}
+    parts = ', '.join(f'{k} {v:.2f}' for k, v in times.items())
+    print(f'shared pass     {sum(times.values()):9.2f} s for the new metrics ({parts})   {metric} with the feature pass '
+          f'{first_s:9.2f} s   ratio {sum(times.values()) / first_s:5.3f}x')
+
+
 @click.command()
 @click.option('--network', help='Snapshot pickle to time instead of a fresh Generator')
 @click.option('--resolution', type=int, default=256, show_default=True)
@@ -134,7 +179,10 @@ def _bench_bootstrap(num_gen, feats_per_s, device):
 @click.option('--repeats', type=int, default=3, show_default=True)
 @click.option('--loop-images', type=int, default=512, show_default=True,
               help='Images for the feature-loop comparison (at most --num-gen)')
-def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector, device, repeats, loop_images):
+@click.option('--nn-real', type=int, help='Real rows of the synthetic feature-space timing  [default: --num-real]')
+@click.option('--nn-dim', type=int, default=2048, show_default=True, help='Their dimension (Inception pool: 2048)')
+def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector, device, repeats, loop_images,
+         nn_real, nn_dim):
     """Benchmark the metric pipeline."""
     device = torch.device('cuda' if device == 'auto' and torch.cuda.is_available() else
                           'cpu' if device == 'auto' else device)
@@ -166,6 +214,7 @@ def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector,
     feats = _rate(lambda: det.features(images), batch, device, repeats)
     print(f'features        {feats:9.1f} img/s')
     _bench_bootstrap(num_gen, feats, device)
+    _bench_feature_space(num_gen, nn_real or num_real, nn_dim, feats, device)
 
     # The feature loop, then one whole metric (cache off so the real statistics are timed too).
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,8 +226,9 @@ def main(network, resolution, cbase, num_gen, num_real, batch, metric, detector,
         res = metric_main.calc_metric(metric, G, kwargs, device=device, detector=det, num_gen=num_gen,
                                       cache=False, progress=True)
         elapsed = time.perf_counter() - start
-    print(f'{metric:15s} {elapsed:9.1f} s total ({num_real} reals + {num_gen} fakes): {dict(res.results)}')
-    print(f'                {(num_real + num_gen) / elapsed:9.1f} img/s overall')
+        print(f'{metric:15s} {elapsed:9.1f} s total ({num_real} reals + {num_gen} fakes): {dict(res.results)}')
+        print(f'                {(num_real + num_gen) / elapsed:9.1f} img/s overall')
+        _bench_shared_pass(G, det, kwargs, num_gen, device, metric)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,10 @@ share an overall budget; a step that does not fit is recorded as skipped, never 
                       50k-image time is estimated as total_s * 50000 / 5000 (an upper bound: it also
                       counts the reals, the set-up and the detector load); also the generated-feature
                       loop's img/s against an upstream-style loop (4 images per G call, a host copy per
-                      batch) over 512 images, and their ratio.
+                      batch) over 512 images, and their ratio;
+  augment             benchmarks/bench_augment.py: the augment pipe's forward and forward + R1 at 256 and
+                      512 px (batch 4, bgc, p = 0.5), time and peak memory, batch-fitted padding vs one
+                      full reflection, and the host reads per call (runs in the time the others leave).
 --cpu-smoke runs the same steps at tiny sizes on the CPU (a few minutes), so the script cannot rot.
 
     bash benchmarks/gpu_check.sh [--out gpu_check.json] [--cpu-smoke]
@@ -77,13 +80,22 @@ def _fid(smoke, _scratch):
                str(FID_GPU_NUM_GEN), '--num-real', '1000', '--batch', '64', '--repeats', '1')
 
 
-STEPS = [  # caps add up to BUDGET_S; gpu_tests includes building both CUDA plugins
+def _augment(smoke, _scratch):
+    if smoke:
+        return _py('bench_augment.py', '--device', 'cpu', '--res', '32', '--repeats', '1')
+    return _py('bench_augment.py', '--device', 'cuda', '--repeats', '5')
+
+
+# The caps up to fid add up to BUDGET_S and augment gets what they leave; gpu_tests includes building both
+# CUDA plugins.
+STEPS = [
     ('gpu_tests', 180, _gpu_tests),
     ('selftest', 20, _selftest),
     ('train_b32_bg32', 80, _train(32, 32)),
     ('train_b64_bg8', 80, _train(64, 8)),
     ('ops', 30, _ops),
     ('fid', 80, _fid),
+    ('augment', 30, _augment),
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +165,21 @@ def _parse_fid(out, _scratch):
                 feature_loop_ratio=float(loop.group(3)) if loop else None)
 
 
-PARSERS = dict(gpu_tests=_parse_gpu_tests, selftest=_parse_selftest, train_b32_bg32=_parse_train, train_b64_bg8=_parse_train, ops=_parse_ops,
-               fid=_parse_fid)
+def _parse_augment(out, _scratch):
+    rows = []
+    for m in re.finditer(rf'^augment\s+(\d+) (\S+)\s+(time|memory)\s+fitted\s+{_NUM} (?:s|MiB)\s+full\s+{_NUM} '
+                         rf'(?:s|MiB)\s+ratio {_NUM}x$', out, re.M):
+        unit = 's' if m.group(3) == 'time' else 'mib'
+        rows.append({'res': int(m.group(1)), 'mode': m.group(2), f'fitted_{m.group(3)}_{unit}': float(m.group(4)),
+                     f'full_{m.group(3)}_{unit}': float(m.group(5)), 'ratio': float(m.group(6))})
+    reads = dict(re.findall(r'^host reads per call\s+(\S+)\s+(\d+)', out, re.M))
+    if not rows or not reads:
+        raise ValueError('no augment rows or host-read lines in the output')
+    return dict(rows=rows, host_reads_per_call={k: int(v) for k, v in reads.items()})
+
+
+PARSERS = dict(gpu_tests=_parse_gpu_tests, selftest=_parse_selftest, train_b32_bg32=_parse_train,
+               train_b64_bg8=_parse_train, ops=_parse_ops, fid=_parse_fid, augment=_parse_augment)
 
 # ---------------------------------------------------------------------------------------------
 

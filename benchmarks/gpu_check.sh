@@ -4,6 +4,7 @@
 # See benchmarks/gpu_check.py.
 # Run it inside the project's environment (e.g. after `source tools/venv.sh`); $PYTHON overrides python.
 #   bash benchmarks/gpu_check.sh [--out gpu_check.json] [--cpu-smoke]
+# Its last step records the augment pipe's cost (benchmarks/bench_augment.py) in the time left.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec "${PYTHON:-python}" benchmarks/gpu_check.py "$@"

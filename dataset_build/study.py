@@ -233,8 +233,10 @@ class _SetPair:
             f.close()
 
     def close(self):
-        for zf, f in zip(self.zips, self.files):
-            add_zip_entry(zf, 'dataset.json', json_bytes(dict(labels=None)))
+        for zf, f, entries in zip(self.zips, self.files, self.entries):
+            # Which images are generated (the pull metric's part labels); upstream reads only "labels".
+            generated = [e['archive_name'] for e in entries if e['kind'] == 'generated']
+            add_zip_entry(zf, 'dataset.json', json_bytes(dict(labels=None, generated=generated)))
             zf.close()
             f.close()
 

@@ -246,9 +246,25 @@ def fid_uncertainty(point, gen_features, mu_real, sigma_real, replicates=BOOTSTR
     """
     counts = bootstrap_counts(gen_features.shape[0], replicates, seed)
     values = bootstrap_values(gen_features, mu_real, sigma_real, counts, factor_real=factor_real)
+    return interval(point, values, seed)
+
+
+def interval(point, values, seed=BOOTSTRAP_SEED, method='bootstrap-generated'):
+    """The uncertainty record of a point value from its bootstrap replicates' values.
+
+    Args:
+        point: the value from all samples (the interval is centred on it).
+        values: [B] replicate values (numpy or a tensor).
+        seed: the seed bootstrap_counts drew them with.
+        method: what was resampled.
+
+    Returns:
+        dict(se, ci95=[lo, hi], bootstrap_mean, replicates, seed, method) with Python floats.
+    """
+    values = np.asarray(torch.as_tensor(values).cpu(), np.float64)
     se = float(np.std(values, ddof=1))
     return dict(se=se, ci95=[point - Z95 * se, point + Z95 * se], bootstrap_mean=float(values.mean()),
-                replicates=int(replicates), seed=int(seed), method='bootstrap-generated')
+                replicates=int(values.shape[0]), seed=int(seed), method=method)
 
 # ----------------------------------------------------------------------------
 # The metric.

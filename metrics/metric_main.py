@@ -12,6 +12,13 @@ count ('fid50k_full' -> 'fid5k_full' for 5000, 'fid64_full' for 64; 'pr50k3_full
 record carries `num_gen`. The metric name (and so the
 metric-<name>.jsonl file) stays the registered one, so a quick check never passes for a 50k number.
 
+Inception-space metrics: prdc50k_full (precision/recall k = 3, density/coverage k = 5), memo50k_full
+(memorisation) and pull50k_full (the lean towards a mixed set's generated part; sets without part
+labels are skipped with one line). Their records carry `details` (what was measured and how).
+
+One feature pass: calc_metric(..., shared=SharedFeatures()) with the same object for every metric of a
+snapshot makes them all read one pass over the real and generated images (calc_metrics.py, train.py).
+
 Uncertainty: FID records carry `uncertainty: {<result key>: {se, ci95, ...}}` from a bootstrap over
 the generated features (frechet_inception_distance.fid_uncertainty); `results` holds only the values.
 """
@@ -24,13 +31,14 @@ import time
 
 
 from dnnlib import util
-from . import (frechet_inception_distance, inception_score, kernel_inception_distance, metric_utils,
-               perceptual_path_length, precision_recall)
+from . import (frechet_inception_distance, inception_score, kernel_inception_distance, memorisation, metric_utils,
+               perceptual_path_length, prdc, precision_recall, pull)
+from .metric_utils import SharedFeatures  # noqa: F401  (the callers' handle on one feature pass)
 
 # ----------------------------------------------------------------------------
 # Registry.
 
-_metric_dict = dict()          # name -> function(opts, num_gen) -> results dict, or (results, uncertainty)
+_metric_dict = dict()  # name -> function(opts, num_gen) -> results, or (results, uncertainty[, details])
 STANDARD_NUM_GEN = 50000
 
 
@@ -38,7 +46,8 @@ def register_metric(fn):
     """Decorator: register `fn(opts, num_gen)` under its function name.
 
     `fn` returns a dict of results, or (results, uncertainty) where uncertainty maps result keys to
-    dicts that go into the record's `uncertainty` field.
+    dicts that go into the record's `uncertainty` field, or (results, uncertainty, details) with a
+    JSON-able dict for the record's `details` field.
     """
     assert callable(fn)
     _metric_dict[fn.__name__] = fn
@@ -76,7 +85,7 @@ def relabel_result_key(key, num_gen) -> str:
 
 
 def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, detector=None, num_gen=None,
-                progress=None, cache=True, seed=None, G_kwargs=None):
+                progress=None, cache=True, seed=None, G_kwargs=None, shared=None, training_set_kwargs=None):
     """Evaluate one registered metric of generator G.
 
     Args:
@@ -91,10 +100,14 @@ def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, dete
         cache: reuse cached real statistics.
         seed: None (fresh randomness, as upstream) or int for reproducible sampling.
         G_kwargs: extra generator kwargs (default none: psi = 1, noise_mode='random').
+        shared: a SharedFeatures given to every metric of one snapshot (one feature pass), or None.
+        training_set_kwargs: G's training set when it differs from dataset_kwargs (memo50k_full and
+            pull50k_full compare with the training images; the study measures FID against the real subset).
 
     Returns:
         EasyDict(results, metric, total_time, total_time_str, num_gpus, detector=dict(name, sha256), num_gen),
-        plus `uncertainty` (result key -> dict) for metrics that estimate one (FID).
+        plus `uncertainty` (result key -> dict) for metrics that estimate one, `details` for those that
+        record more, and `skipped` (one line, empty results) for a metric that does not apply to the set.
     """
     if not is_valid_metric(metric):
         raise ValueError(f'unknown metric {metric!r}; valid: {", ".join(list_valid_metrics())}')
@@ -103,13 +116,18 @@ def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, dete
         raise ValueError(f'num_gen must be at least 2, got {num_gen}')
     opts = metric_utils.MetricOptions(G=None, G_kwargs=G_kwargs, dataset_kwargs=dataset_kwargs,
                                       num_gpus=num_gpus, rank=rank, device=device, progress=progress,
-                                      cache=cache, detector=detector, seed=seed)
+                                      cache=cache, detector=detector, seed=seed, shared=shared,
+                                      training_set_kwargs=training_set_kwargs)
     if G is not None:
         opts.G = metric_utils.prepare_generator(G, opts.device)
 
     start = time.time()
-    results = _metric_dict[metric](opts, num_gen)
-    results, uncertainty = results if isinstance(results, tuple) else (results, None)
+    try:
+        results = _metric_dict[metric](opts, num_gen)
+    except pull.Skipped as e:
+        return util.EasyDict(results=util.EasyDict(), metric=metric, skipped=str(e), num_gen=num_gen)
+    results = results if isinstance(results, tuple) else (results,)
+    results, uncertainty, details = (tuple(results) + (None, None))[:3]
     total_time = time.time() - start
 
     # Every rank returns rank 0's values (the statistics are only reduced there).
@@ -120,6 +138,9 @@ def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, dete
         uncertainty = metric_utils.broadcast_object(uncertainty, opts)
     det = opts.detector_used
     extra = dict(uncertainty=uncertainty) if uncertainty else {}
+    details = metric_utils.broadcast_object(details, opts)
+    if details:
+        extra['details'] = details
     return util.EasyDict(
         results=util.EasyDict(values),
         metric=metric,
@@ -148,14 +169,24 @@ def result_line(result_dict, run_dir=None, snapshot_pkl=None, kimg=None) -> str:
     return json.dumps(ordered)
 
 
+def console_line(line):
+    """The printed form of a result line: without `details` (memorisation's thumbnails are ~80 KB of
+    base64), which only the jsonl file keeps, so log.txt stays readable."""
+    record = json.loads(line)
+    return line if record.pop('details', None) is None else json.dumps(record)
+
+
 def report_metric(result_dict, run_dir=None, snapshot_pkl=None, kimg=None):
     """Print the result line and append it to <run_dir>/metric-<metric>.jsonl.
 
     The line is written with a single O_APPEND write and fsync'ed, so concurrent writers and crashes
     never leave a partial or interleaved line.
     """
+    if result_dict.get('skipped'):  # nothing measured: say why, write no record
+        print(result_dict['skipped'], flush=True)
+        return
     line = result_line(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=kimg)
-    print(line, flush=True)
+    print(console_line(line), flush=True)
     if run_dir is not None and os.path.isdir(run_dir):
         _append_line(os.path.join(run_dir, f'metric-{result_dict["metric"]}.jsonl'), line)
 
@@ -270,3 +301,25 @@ def ppl_zend(opts, num_gen):
 @register_metric
 def ppl_wend(opts, num_gen):
     return dict(ppl_wend=_ppl(opts, num_gen, space='w', sampling='end', crop=True))
+
+# ----------------------------------------------------------------------------
+# Inception-space metrics of the study (all reals, no x-flip; one feature pass with FID).
+
+
+@register_metric
+def prdc50k_full(opts, num_gen):
+    _full_dataset(opts)
+    results, uncertainty = prdc.compute_prdc(opts, num_gen, 'prdc50k_full')
+    return results, uncertainty, dict(space=prdc.SPACE, k_precision_recall=prdc.K_PR, k_density_coverage=prdc.K_DC)
+
+
+@register_metric
+def memo50k_full(opts, num_gen):
+    _full_dataset(opts)
+    return memorisation.compute_memorisation(opts, num_gen, 'memo50k_full')
+
+
+@register_metric
+def pull50k_full(opts, num_gen):
+    _full_dataset(opts)
+    return pull.compute_pull(opts, num_gen, 'pull50k_full')

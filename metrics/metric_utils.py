@@ -67,10 +67,15 @@ class MetricOptions:
         detector: spec for detector.resolve_detector (None = 'auto') or a Detector.
         seed: None (fresh randomness, as upstream) or an int for reproducible z, labels and subsets.
         batch_size: images per detector call (per rank).
+        shared: a SharedFeatures reused by every metric of one evaluation, or None (each metric runs its
+            own feature passes).
+        training_set_kwargs: the generator's training set, where it differs from dataset_kwargs (the
+            metrics about training images, memorisation and pull, read it); None = dataset_kwargs.
     """
 
     def __init__(self, G=None, G_kwargs=None, dataset_kwargs=None, num_gpus=1, rank=0, device=None,
-                 progress=None, cache=True, detector=None, seed=None, batch_size=64):
+                 progress=None, cache=True, detector=None, seed=None, batch_size=64, shared=None,
+                 training_set_kwargs=None):
         assert 0 <= rank < num_gpus
         self.G = G
         self.G_kwargs = util.EasyDict(G_kwargs or {})
@@ -85,6 +90,8 @@ class MetricOptions:
         self.detector_used = None   # set by get_detector (or a metric using another network)
         self.seed = seed
         self.batch_size = batch_size
+        self.shared = shared
+        self.training_set_kwargs = util.EasyDict(training_set_kwargs) if training_set_kwargs else None
 
     def get_detector(self):
         """The Inception detector for this run (loaded once per weights file and device)."""
@@ -105,6 +112,34 @@ class MetricOptions:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(np.random.SeedSequence([self.seed, self.rank, salt]).generate_state(1)[0]))
         return gen
+
+# ----------------------------------------------------------------------------
+# One feature pass for several metrics.
+
+
+class SharedFeatures:
+    """Feature statistics (and results derived from them) computed once per evaluated snapshot.
+
+    calc_metrics.py and train.py hand one of these to every metric of a snapshot, so FID, PRDC,
+    memorisation and pull read the same real and generated features from a single pass. Shared
+    statistics keep both every row and the float64 sums: any metric can use them, and the sums are
+    accumulated in the same order as a metric's own pass, so the values do not change.
+    """
+
+    STATS_KWARGS = dict(capture_all=True, capture_mean_cov=True)
+
+    def __init__(self):
+        self._items = {}
+
+    def get(self, key, make):
+        """The value stored under `key`, made by make() the first time."""
+        if key not in self._items:
+            self._items[key] = make()
+        return self._items[key]
+
+
+def _shared_key(kind, opts, detector, max_items, *extra):
+    return (kind, detector.sha256, max_items, json.dumps(opts.dataset_kwargs, sort_keys=True, default=str)) + extra
 
 # ----------------------------------------------------------------------------
 # Progress reporting.
@@ -350,6 +385,14 @@ def compute_feature_stats_for_dataset(opts, detector, max_items=None, batch_size
     Returns:
         FeatureStats over the real images (identical on every rank).
     """
+    if opts.shared is not None:
+        key = _shared_key('real', opts, detector, max_items)
+        return opts.shared.get(key, lambda: _dataset_stats(opts, detector, max_items, batch_size, data_loader_kwargs,
+                                                           SharedFeatures.STATS_KWARGS))
+    return _dataset_stats(opts, detector, max_items, batch_size, data_loader_kwargs, stats_kwargs)
+
+
+def _dataset_stats(opts, detector, max_items, batch_size, data_loader_kwargs, stats_kwargs):
     batch_size = batch_size or opts.batch_size
     dataset = construct_dataset(opts.dataset_kwargs)
     num_items = len(dataset) if max_items is None else min(len(dataset), max_items)
@@ -541,14 +584,17 @@ class LatentStream:
         opts: MetricOptions (device, seed, dataset for labels).
         G: the generator (z_dim, c_dim).
         total: rows this rank will take.
+        keep: keep every z handed out (total x z_dim floats on the device), so that rows can be
+            generated again (the memorisation metric shows its most memorised samples).
     """
 
-    def __init__(self, opts, G, total):
+    def __init__(self, opts, G, total, keep=False):
         self.z_dim, self.device, self.total = G.z_dim, opts.device, total
         self.generator = opts.torch_generator(salt=1)
         self.labels = _draw_labels(opts, G, total)
         self.drawn = self.served = 0
         self._spare = None  # drawn z rows not handed out yet
+        self._kept = [] if keep else None
 
     def _next_chunk(self):
         k = min(LATENT_CHUNK, self.total - self.drawn)
@@ -566,7 +612,15 @@ class LatentStream:
             need -= parts[-1].shape[0]
         c = self.labels[self.served:self.served + k]
         self.served += k
-        return (parts[0] if len(parts) == 1 else torch.cat(parts)), c
+        z = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if self._kept is not None:
+            self._kept.append(z)
+        return z, c
+
+    def rows(self, index):
+        """(z, c) of the rows handed out at positions `index` (a kept stream only)."""
+        assert self._kept is not None, 'this stream keeps no rows'
+        return torch.cat(self._kept)[index], self.labels[index]
 
 
 class SideStream:
@@ -649,6 +703,33 @@ def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=No
         FeatureStats over max_items generated images (identical on every rank), on the device.
     """
     assert max_items is not None and max_items > 0, 'the number of generated images must be positive'
+    if opts.shared is not None:
+        key = _shared_key('generated', opts, detector, max_items, use_probabilities)
+        return opts.shared.get(key, lambda: _generator_stats(opts, detector, max_items, batch_size, batch_gen,
+                                                             use_probabilities, SharedFeatures.STATS_KWARGS,
+                                                             keep_latents=opts.num_gpus == 1))
+    return _generator_stats(opts, detector, max_items, batch_size, batch_gen, use_probabilities, stats_kwargs)
+
+
+def regenerate(opts, stats, index):
+    """uint8 images [k, C, H, W] of the generated rows `index` of a shared single-process pass, or None.
+
+    The rows' z and labels are those of the pass; noise inputs are drawn anew (noise_mode='random'
+    alters only fine detail), so the images are the samples the features came from, up to that noise.
+    """
+    latents = getattr(stats, 'latents', None)
+    if latents is None or opts.G is None:
+        return None
+    z, c = latents.rows(torch.as_tensor(index, device=opts.device))
+    devices = [opts.device] if opts.device.type == 'cuda' else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=opts.seed is not None):
+        if opts.seed is not None:  # seeded evaluations draw the same noise every time
+            torch.manual_seed(int(np.random.SeedSequence([opts.seed, opts.rank, 4]).generate_state(1)[0]))
+        return quantize_images(opts.G(z=z, c=c, **opts.G_kwargs))
+
+
+def _generator_stats(opts, detector, max_items, batch_size, batch_gen, use_probabilities, stats_kwargs,
+                     keep_latents=False):
     G = opts.G
     assert G is not None, 'no generator given'
     batch_size = batch_size or opts.batch_size
@@ -656,7 +737,7 @@ def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=No
     batch_gen = -(-per_call // batch_size) * batch_size  # images per queued batch: whole detector batches
     per_call = per_call if per_call < batch_size else batch_gen
     total = -(-max_items // opts.num_gpus)  # per rank; the surplus of the last gathered batch is dropped
-    latents = LatentStream(opts, G, total)
+    latents = LatentStream(opts, G, total, keep=keep_latents)
     streams = SideStream(opts.device) if opts.device.type == 'cuda' else None
     extract = detector.probabilities if use_probabilities else detector.features
 
@@ -670,6 +751,8 @@ def compute_feature_stats_for_generator(opts, detector, max_items, batch_size=No
                 stats.append_torch(gather_interleaved(extract(part), opts))
             progress.update(stats.num_items)
     progress.close()
+    if keep_latents:
+        stats.latents = latents  # (regenerate() reads it)
     return stats
 
 

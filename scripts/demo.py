@@ -11,10 +11,12 @@ upscaled, and prints every command before it runs it:
   3. train.py from scratch on the source domain: the network to transfer from (and beside it, on the
      second core, calc_metrics.py on the untrained network, which caches the real set's statistics);
   4. train.py --resume=<that network> on the mix with --lr-schedule=ddclr, snapshots at two kimg
-     points and a small-sample FID against the real subset there (and, as upstream, at the start);
+     points and a small-sample FID against the real subset there (and, as upstream, at the start),
+     with memorisation and the pull towards the mix's cool "generated" digits from the same pass;
   5. scripts.report: the study's tables from the run's metric file;
   6. generate.py: the same seeds through the untrained, the pretrained and the transferred network;
-  7. OUTDIR/demo.png: reals, the three generations and the lr curve side by side.
+  7. OUTDIR/demo.png: reals, the three generations and the lr curve side by side; the verdict states
+     the pull and memorisation with their 95% intervals.
 The FID values mean little (tens of images instead of 50,000); the pictures show what was learned.
 """
 
@@ -42,6 +44,8 @@ PRETRAIN_KIMG = 20
 KIMG = 8                # the study trains 100 kimg and evaluates at 40/60/80/100
 SNAP_KIMG = (4, 8)
 METRIC_NUM_GEN = 40     # the study uses 50,000 (fid50k_full)
+# FID against the real subset; memorisation and the pull towards the cool "generated" digits against the mix.
+METRICS = ('fid50k_full', 'memo50k_full', 'pull50k_full')
 NET = ['--cfg=auto', '--cbase=512', '--cmax=32', '--map-depth=2', '--workers=0',
        '--device=cpu', '--seed=0']
 NUM_IMAGES = 24         # per panel of the final picture, seeds 0..NUM_IMAGES-1
@@ -196,7 +200,7 @@ def train(out, data, log):
     # one or two digit shapes in this budget, see the README).
     run([sys.executable, 'train.py', f'--outdir={runs}', f'--data={data}/Mix-dataset1.zip',
          f'--resume={snapshot(pre_dir, PRETRAIN_KIMG)}', '--lr-schedule=ddclr', f'--kimg={KIMG}',
-         f'--snap-kimg={",".join(map(str, SNAP_KIMG))}', '--metrics=fid50k_full',
+         f'--snap-kimg={",".join(map(str, SNAP_KIMG))}', f'--metrics={",".join(METRICS)}',
          f'--metric-data={data}/CelebAMask-HQ1.zip', f'--metric-num-gen={METRIC_NUM_GEN}',
          '--ema-kimg=0.5', '--ada-p-init=0.3', '--batch=32', '--tick=1', '--snap=100'] + NET, log)
     return pre_dir, newest_run_dir(runs)
@@ -418,6 +422,44 @@ def verdict(legible_after, legible_reals, count, gap_before, gap_after):
     return f'honest note: {colours}, but within this budget the digits are NOT legible yet; {more}'
 
 
+def last_record(run_dir, metric):
+    """The last line of the run's metric-<metric>.jsonl as a dict, or None."""
+    path = os.path.join(run_dir, f'metric-{metric}.jsonl')
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        lines = [line for line in f if line.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
+def _value(record, suffix):
+    """(value, ci95 or None) of the result key ending in `suffix` (any generated-image count), or None."""
+    key = next((k for k in record['results'] if k.endswith(suffix)), None)
+    if key is None:
+        return None
+    return record['results'][key], (record.get('uncertainty') or {}).get(key, {}).get('ci95')
+
+
+def _share(found):
+    value, ci = found
+    return f'{100 * value:.0f}%' + (f' [95% {100 * max(ci[0], 0):.0f}-{100 * min(ci[1], 1):.0f}%]' if ci else '')
+
+
+def lean_text(run_dir):
+    """One line on the pull towards the mix's generated digits and on memorisation at the last point."""
+    pull, memo = last_record(run_dir, 'pull50k_full'), last_record(run_dir, 'memo50k_full')
+    parts = []
+    if pull is not None and _value(pull, '_nn') is not None:
+        nn, base = _value(pull, '_nn'), _value(pull, '_base')[0]
+        lean = 'leans towards them' if nn[1] and nn[1][0] > base else 'shows no clear lean towards them'
+        parts.append(f'pull: {_share(nn)} of its samples are nearest a cool "generated" training digit, which are '
+                     f'{100 * base:.0f}% of the mix: the network {lean}')
+    if memo is not None and _value(memo, '_full') is not None:
+        parts.append(f'memorised (a training digit much nearer than any other): {_share(_value(memo, "_full"))}')
+    return '; '.join(parts) + f' (at {KIMG} kimg, {METRIC_NUM_GEN} samples)' if parts else \
+        'pull and memorisation: not measured (no metric-pull50k_full.jsonl / metric-memo50k_full.jsonl)'
+
+
 def _fid_text(points):
     """', FID 123' for the first of [(kimg, value)] points, '' for none."""
     return f', FID {points[0][1]:.0f}' if points else ''
@@ -442,6 +484,7 @@ def summarise(out, data, run_dir, grids):
         ', '.join(f'{name} {n} (digits {"".join(map(str, seen)) or "none"})' for name, (n, seen) in scores.items()))
     gaps = {name: colour_gap(tiles[name], reals) for name in ('pretrained', 'transferred')}
     say(verdict(scores['transferred'][0], scores['reals'][0], count, gaps['pretrained'], gaps['transferred']))
+    say(lean_text(run_dir))
     return picture
 
 

@@ -48,6 +48,8 @@ import csv
 import io
 import json
 import os
+import re
+import zipfile
 
 import click
 
@@ -136,8 +138,9 @@ def seed_of(options, run_dir):
     return 0
 
 
-def read_intervals(run_dir, metric, num_gen):
-    """kimg -> (ci95 lo, hi) of the run's metric lines of one generated-image count that carry an interval."""
+def read_intervals(run_dir, metric, num_gen, result_key=None):
+    """kimg -> (ci95 lo, hi) of the run's metric lines of one generated-image count that carry an interval
+    (the line's only interval, or with a callable result_key the interval of the key it picks)."""
     path = os.path.join(run_dir, f'metric-{metric}.jsonl')
     out = {}
     if num_gen is None or not os.path.isfile(path):
@@ -147,7 +150,10 @@ def read_intervals(run_dir, metric, num_gen):
             try:
                 record = json.loads(line)
                 count = record.get('num_gen') or sg.STANDARD_NUM_GEN
-                (interval,) = [u['ci95'] for u in (record.get('uncertainty') or {}).values()]
+                unc = record.get('uncertainty') or {}
+                if callable(result_key):
+                    unc = {k: v for k, v in unc.items() if k == result_key(record['results'])}
+                (interval,) = [u['ci95'] for u in unc.values()]
                 kimg = sg._line_kimg(record)
                 if int(count) == num_gen and kimg is not None:
                     out[kimg] = (float(interval[0]), float(interval[1]))
@@ -156,7 +162,7 @@ def read_intervals(run_dir, metric, num_gen):
     return out
 
 
-def _read_run(run_dir, metric, points, notes):
+def _read_run(run_dir, metric, points, notes, result_key=None):
     """One run dir as a record dict, or None (noted) when it is not a grid run."""
     try:
         with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
@@ -169,22 +175,23 @@ def _read_run(run_dir, metric, points, notes):
     if dataset not in sg.DATASETS or preset is None:
         notes['unrecognised'].append(f'{run_dir}: dataset {dataset!r}, schedule {preset!r}')
         return None
-    series = sg.read_metric_series(run_dir, metric)
+    series = sg.read_metric_series(run_dir, metric, result_key)
     num_gen, found = sg.choose_series(series, points)
     if len(series) > 1:
         counts = ', '.join(f'{n:,} ({len(series[n])} points)' for n in sorted(series, reverse=True))
         notes['mixed_counts'].append(f'{run_dir}: lines from {counts}; used only the {num_gen:,}-image lines')
     return dict(run_dir=run_dir, dataset=dataset, preset=preset, seed=seed_of(options, run_dir), points=found,
-                num_gen=num_gen, found_by=found_by, intervals=read_intervals(run_dir, metric, num_gen))
+                num_gen=num_gen, found_by=found_by, intervals=read_intervals(run_dir, metric, num_gen, result_key))
 
 
-def collect_runs(runs_dir, metric=sg.METRIC, points=sg.SNAP_KIMG):
+def collect_runs(runs_dir, metric=sg.METRIC, points=sg.SNAP_KIMG, result_key=None):
     """Read every run dir under runs_dir.
 
     Args:
         runs_dir: Directory searched recursively for run dirs.
         metric:   Metric name (file metric-<metric>.jsonl).
         points:   Evaluation kimg points (decide duplicates and which generated-image count is used).
+        result_key: as for study_grid.read_metric_series (default: the metric's own value).
 
     Returns:
         (cells, notes): cells maps (dataset, preset) -> list of replicate records sorted by seed, each
@@ -197,7 +204,7 @@ def collect_runs(runs_dir, metric=sg.METRIC, points=sg.SNAP_KIMG):
     """
     by_seed, notes = {}, {'unrecognised': [], 'duplicates': [], 'mixed_counts': []}
     for run_dir in sg.find_run_dirs(runs_dir):
-        record = _read_run(run_dir, metric, points, notes)
+        record = _read_run(run_dir, metric, points, notes, result_key)
         if record is None:
             continue
         key = (record['dataset'], record['preset'], record['seed'])
@@ -220,6 +227,134 @@ def _coverage(record, points):
 
 
 parse_points = sg.parse_points
+
+# ----------------------------------------------------------------------------
+# Why FID moved: the Inception-space metrics the grid evaluates beside it (docs/metrics.md).
+
+WHY_QUANTITIES = (  # (metric, result key suffix, what it is)
+    ('pull50k_full', 'nn', 'pull: share of samples whose nearest training image is generated'),
+    ('pull50k_full', 'base', 'pull baseline: generated share of the training set'),
+    ('pull50k_full', 'fid_generated', 'FID to the generated part of the training set'),
+    ('pull50k_full', 'fid_real', 'FID to the real part of the training set'),
+    ('pull50k_full', 'probe', 'probe: share of samples a real-vs-generated probe calls generated'),
+    ('memo50k_full', '', 'memorised share (nearest / second-nearest training distance < 1/3)'),
+    ('memo50k_full', 'nn_ratio', 'median nearest training distance / training leave-one-out median'),
+    ('prdc50k_full', 'precision', 'precision (Inception space, k = 3)'),
+    ('prdc50k_full', 'recall', 'recall (Inception space, k = 3)'),
+    ('prdc50k_full', 'density', 'density (k = 5)'),
+    ('prdc50k_full', 'coverage', 'coverage (k = 5)'),
+)
+MEMO_PANEL_SIZE = 8
+
+
+def why_key(metric, suffix):
+    """results -> the line's key of (metric, suffix) whatever its generated-image count (memo50k_full_nn_ratio,
+    memo5k_full_nn_ratio, ...), or None."""
+    pattern = re.compile(rf'^{metric.split("50k")[0]}\d+k?_full' + (rf'_{suffix}$' if suffix else '$'))
+    return lambda results: next((k for k in results if pattern.match(k)), None)
+
+
+def _why_table(cells, group, points):
+    """Markdown rows: schedule x point, mean ± sd over the group's runs (datasets and seeds)."""
+    lines = ['| schedule | ' + ' | '.join(f'{k} kimg' for k in points) + ' |', '|---|' + '---:|' * len(points)]
+    for preset in sg.PRESET_NAMES:
+        texts = []
+        for k in points:
+            mean, sd, n = report_stats.group_point(cells, sg.GROUPS[group], preset, k)
+            texts.append('–' if mean is None else f'{mean:.3f}' + (f' ± {sd:.3f}' if sd is not None else '') + f' (n={n})')
+        lines.append(f'| {sg.PAPER_LABELS[preset]} | ' + ' | '.join(texts) + ' |')
+    return lines
+
+
+def why_sections(runs_dir, out_dir, points, plots):
+    """(markdown lines, figures [(name, bytes or None)], summary dict) of the why-FID-moved metrics."""
+    md, summary, figures, pull_cells = [], {}, [], None
+    for metric, suffix, label in WHY_QUANTITIES:
+        cells, _ = collect_runs(runs_dir, metric, points, why_key(metric, suffix))
+        if not any(r['points'] for rs in cells.values() for r in rs):
+            continue
+        name = f'{metric}_{suffix}' if suffix else metric
+        md += [f'### {label} (`{name}`)', '']
+        summary[name] = {}
+        for group in sg.GROUPS:
+            if not any(r['points'] for (d, _), rs in cells.items() if d in sg.GROUPS[group] for r in rs):
+                continue
+            table = build_table(cells, group, 'last', points)
+            paired = report_stats.paired_summary(table)
+            md += [f'{group}: mean ± sd over runs (datasets x seeds)', ''] + _why_table(cells, group, points) + ['']
+            md.append(paired_markdown(name, f'{label}, {group}, {points[-1]} kimg', paired, quantity=name))
+            summary[name][group] = dict(paired=paired, table=_json_tables({name: table})[name])
+        if (metric, suffix) == ('pull50k_full', 'nn'):
+            pull_cells = cells
+    if plots and pull_cells is not None:
+        path = os.path.join(out_dir, 'pull_Mix-dataset.png')
+        figures.append(('pull_Mix-dataset.png', report_figures.plot_fid_curves(
+            pull_cells, sg.MIX_PREFIX, sg.PRESET_NAMES, path, 'share nearest to a generated image',
+            'Pull towards the generated part (line: mean over seeds; band: ±1 sd, or one run\'s 95% interval)')))
+    return (['## Why FID moved: fidelity, diversity, memorisation, pull', ''] + md) if md else [], figures, summary
+
+
+def most_memorised(runs_dir, points, count=MEMO_PANEL_SIZE):
+    """The `count` generated images with the smallest nearest-distance ratios at the last point over all runs.
+
+    Returns:
+        list of dict(run_dir, dataset, kimg, gen_index, train_index, ratio, distance, seed, image (PNG bytes of
+        the nearest training image, or None when its zip cannot be read here)).
+    """
+    found = []
+    for run_dir in sg.find_run_dirs(runs_dir):
+        path = os.path.join(run_dir, 'metric-memo50k_full.jsonl')
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
+                data = (json.load(f).get('training_set_kwargs') or {}).get('path')
+        except (OSError, ValueError):
+            data = None
+        with open(path, encoding='utf-8') as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    if sg._line_kimg(record) != points[-1]:
+                        continue
+                    details = record['details']
+                    found += [dict(t, run_dir=run_dir, kimg=points[-1], seed=details.get('seed'), data=data)
+                              for t in details['top']]
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+    found.sort(key=lambda t: (t['ratio'], t['distance']))
+    out = found[:count]
+    for t in out:
+        data = t.pop('data')
+        t['dataset'] = os.path.splitext(os.path.basename(str(data)))[0]
+        t['image'] = training_image(data, t['train_index'])
+    return out
+
+
+def memorised_markdown(memorised, out_dir):
+    """A table of the most memorised samples (report.html shows their nearest training images)."""
+    if not memorised:
+        return []
+    md = ['## Most memorised generated images', '',
+          f'The {len(memorised)} generated images with the smallest nearest / second-nearest training distance ratio at '
+          f'the last point, over all runs (report.html shows each one\'s nearest training image).', '',
+          '| run | kimg | generated image | nearest training image | ratio | distance |', '|---|---:|---:|---:|---:|---:|']
+    md += [f'| {os.path.relpath(t["run_dir"], out_dir)} | {t["kimg"]} | {t["gen_index"]} | {t["dataset"]} #{t["train_index"]} | '
+           f'{t["ratio"]:.3f} | {t["distance"]:.2f} |' for t in memorised]
+    return md + ['']
+
+
+def training_image(zip_path, index):
+    """Bytes of item `index` of a dataset zip (images in sorted name order, as the dataset class reads
+    them), or None when the zip cannot be read here."""
+    try:
+        with zipfile.ZipFile(str(zip_path)) as zf:
+            extensions = dnnlib.util.image_extensions()
+            names = sorted(n for n in zf.namelist() if dnnlib.util.is_image_name(n, extensions))
+            return zf.read(names[index])
+    except (OSError, zipfile.BadZipFile, IndexError, TypeError):
+        return None
+
 
 # ----------------------------------------------------------------------------
 # Tables.
@@ -454,14 +589,14 @@ def _num(value, signed=False):
     return '–' if value is None else (f'{value:+.3f}' if signed else f'{value:.3f}')
 
 
-def paired_markdown(name, title, summary_rows):
+def paired_markdown(name, title, summary_rows, quantity='FID'):
     """The paired comparison with DDCLR for one table (one line when there is no pair at all)."""
     if not any(r['pairs'] for r in summary_rows):
         return (f'### Paired with DDCLR: {title}\n\nNo pairs yet: a pair needs a schedule and DDCLR with values '
                 f'on the same dataset and seed.\n')
     lines = [f'### Paired with DDCLR: {title}', '',
              'Difference = schedule - DDCLR over (dataset, seed) pairs where both have a value; negative = '
-             'lower FID than DDCLR. Wilcoxon signed-rank (two-sided, scipy) and sign test (two-sided binomial).', '',
+             f'lower {quantity} than DDCLR. Wilcoxon signed-rank (two-sided, scipy) and sign test (two-sided binomial).', '',
              '| schedule | pairs | mean diff | median diff | lower / higher / tied | Wilcoxon W | p | sign test p |',
              '|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in summary_rows:
@@ -624,7 +759,7 @@ def _html_table(table, max_n):
     return report_html.table_html(['schedule'] + table['columns'], rows, classes)
 
 
-def _html_page(md_title, intro, tables, table_titles, analyses_md, status, figures, max_n):
+def _html_page(md_title, intro, tables, table_titles, analyses_md, status, figures, max_n, memorised=()):
     """report.html from the same content as report.md (tables as HTML, the analyses as preformatted Markdown)."""
     sections = [(None, report_html.markdown_html('\n'.join(intro)))]
     for name, title in table_titles:
@@ -637,6 +772,8 @@ def _html_page(md_title, intro, tables, table_titles, analyses_md, status, figur
     note = report_html.paragraph(f'Not drawn (no data): {", ".join(missing)}.', note=True) if missing else ''
     if figures:
         sections.append(('Figures', '\n'.join(figs) + note))
+    if memorised:
+        sections.append(('Most memorised generated images', report_html.memorised_panel(memorised)))
     return report_html.page(md_title, sections)
 
 
@@ -701,17 +838,23 @@ def write_report(runs_dir, out_dir, metric=sg.METRIC, plots=True, points=sg.SNAP
     md += ['## Run status', ''] + (lines or ['All runs of the grid finished.']) + ['']
     md += _notes_markdown(notes)
 
-    figures = _figures(cells, out_dir, metric, per_count) if plots else []
+    why_md, why_figures, why_summary = why_sections(runs_dir, out_dir, points, plots)
+    memorised = most_memorised(runs_dir, points)
+    md += why_md + memorised_markdown(memorised, out_dir)
+    figures = (_figures(cells, out_dir, metric, per_count) if plots else []) + why_figures
     md += _figures_markdown(figures)
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'report.md'), '\n'.join(md))
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'report.html'),
-                                  _html_page(title, intro, tables, table_titles, analyses_md, lines, figures, max_n))
+                                  _html_page(title, intro, tables, table_titles, analyses_md + why_md, lines, figures,
+                                             max_n, memorised))
     _write_csvs(out_dir, cells, tables, paired)
 
     summary = _summary(runs_dir, metric, points, finished, per_count, count_header, notes, cells, tables,
                        paired, ranks, lines)
     if paper_rows is not None:
         summary['paper_comparison'] = paper_rows
+    summary['why'] = why_summary
+    summary['most_memorised'] = [{k: v for k, v in t.items() if k not in ('image', 'image_png')} for t in memorised]
     dnnlib.util.atomic_write_text(os.path.join(out_dir, 'summary.json'), json.dumps(summary, indent=2) + '\n')
     summary['paper_text'] = paper_text
     return summary

@@ -6,6 +6,7 @@ are given as (heading, html) pairs built by the helpers below from the same data
 
 import base64
 import html
+import os
 import re
 
 STYLE = '''
@@ -18,6 +19,8 @@ td.best { font-weight: bold; }
 td.worst { text-decoration: underline double; }
 td.missing { color: #999; font-style: italic; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0 1.5em 0; }
+figure.memo { display: inline-block; width: 16em; vertical-align: top; font-size: small; }
+figure.memo img { width: 7em; image-rendering: pixelated; margin: 0.2em; }
 p.note { color: #555; }
 '''
 
@@ -74,6 +77,23 @@ def markdown_html(md):
 def figure_html(name, png_bytes):
     data = base64.b64encode(png_bytes).decode('ascii')
     return f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{data}"><figcaption>{esc(name)}</figcaption></figure>'
+
+
+def memorised_panel(memorised):
+    """Each most memorised sample (its thumbnail, when the record stores one) beside its nearest training image."""
+    items = []
+    for t in memorised:
+        caption = (f'generated image {t["gen_index"]} ({os.path.basename(os.path.normpath(t["run_dir"]))}, '
+                   f'{t["kimg"]} kimg) and its nearest training image {t["dataset"]} #{t["train_index"]}: '
+                   f'ratio {t["ratio"]:.3f}')
+        gen = (f'<img alt="generated" src="data:image/png;base64,{t["image_png"]}">' if t.get('image_png') else
+               '<p class="note">(not stored)</p>')
+        real = (f'<img alt="training" src="data:image/png;base64,{base64.b64encode(t["image"]).decode("ascii")}">'
+                if t.get('image') else '<p class="note">(training image not readable here)</p>')
+        items.append(f'<figure class="memo">{gen}{real}<figcaption>{esc(caption)}</figcaption></figure>')
+    note = paragraph('Left: the generated image (a thumbnail the metric stores for its 8 most memorised samples); '
+                     'right: its nearest training image.', note=True)
+    return note + '\n'.join(items)
 
 
 def paragraph(text, note=False):

@@ -17,6 +17,12 @@ def mean_sd(values):
     return mean, (statistics.stdev(values) if len(values) >= 2 else None)
 
 
+def group_point(cells, datasets, preset, kimg):
+    """(mean, sd, n) over every run (dataset, seed) of a schedule on `datasets` with a value at kimg."""
+    values = [r['points'][kimg] for d in datasets for r in cells.get((d, preset)) or [] if kimg in r['points']]
+    return (*mean_sd(values), len(values)) if values else (None, None, 0)
+
+
 def paired_differences(table, preset, reference=REFERENCE):
     """Differences preset - reference over the table's datasets and seeds where both have a value.
 

@@ -14,7 +14,9 @@ Training settings and where they come from:
     --resume ffhq512          paper 2.2: FFHQ-pretrained StyleGAN2, 512x512 data (2.1)
     --kimg 100                paper 2.5.1: train until 100 kimg
     --snap-kimg 40,60,80,100  paper 2.5.3: FID at 40, 60, 80, 100 kimg
-    --metrics fid50k_full     paper 2.5.1: FID from 50k generated images against a fixed real set
+    --metrics fid50k_full,... paper 2.5.1: FID from 50k generated images against a fixed real set; the
+                              grid adds prdc50k_full, memo50k_full and pull50k_full (docs/metrics.md),
+                              read from the same feature pass, to say why a mixed set's FID moves
     --metric-data             paper Table 2: Mix-datasetk is compared with CelebAMask-HQk
     --lr-schedule             paper Table 1 (presets in schedulers.PRESETS; 12 cycles, paper 2.4)
     --cfg paper512            the paper's fixed lr 0.0025 is paper512's lr (cfg stylegan2 uses 0.002),
@@ -73,6 +75,8 @@ PAPER_LABELS = dict(SCHEDULES)
 TOTAL_KIMG = 100
 SNAP_KIMG = (40, 60, 80, 100)
 METRIC = 'fid50k_full'
+# Every metric the runs evaluate at each point: FID first (the paper's), then why it moved.
+METRICS = (METRIC, 'prdc50k_full', 'memo50k_full', 'pull50k_full')
 # Generated images of a metric line without a recorded count (upstream's lines; ours at the default).
 STANDARD_NUM_GEN = 50000
 
@@ -87,7 +91,7 @@ COMMON_TRAIN_ARGS = (
     ('--resume', 'ffhq512'),
     ('--kimg', str(TOTAL_KIMG)),
     ('--snap-kimg', ','.join(str(k) for k in SNAP_KIMG)),
-    ('--metrics', METRIC),
+    ('--metrics', ','.join(METRICS)),
 )
 
 
@@ -237,7 +241,11 @@ def _line_value(record, metric, result_key):
         return None
     num_gen = record.get('num_gen')
     num_gen = STANDARD_NUM_GEN if num_gen is None else int(num_gen)
-    if result_key is not None:
+    if callable(result_key):  # picks the key from the line's results (e.g. whatever its count label)
+        key = result_key(results)
+        if key is None:
+            return None
+    elif result_key is not None:
         key = result_key
     elif metric in results:
         key = metric
@@ -257,8 +265,8 @@ def read_metric_series(run_dir, metric=METRIC, result_key=None):
     Args:
         run_dir:    A run directory.
         metric:     Metric name (file metric-<metric>.jsonl).
-        result_key: Key inside `results`; default: the metric name, or the single relabelled key of a
-                    line with a recorded `num_gen`.
+        result_key: Key inside `results`, or a function results -> key (None: no value); default: the
+                    metric name, or the single relabelled key of a line with a recorded `num_gen`.
 
     Returns:
         dict num_gen (int) -> dict kimg (int) -> float; empty when the file does not exist.

@@ -55,7 +55,19 @@ def test_bench_training_cpu():
 @pytest.mark.slow
 def test_bench_metrics_cpu():
     out = _bench('bench_metrics.py', '--device', 'cpu', '--resolution', '32', '--num-gen', '8', '--num-real', '8',
-                 '--cbase', '512', '--batch', '8', '--repeats', '1')
+                 '--cbase', '512', '--batch', '8', '--repeats', '1', '--nn-dim', '64')
+    _ratio(out, r'feature-space .*ratio\s+([0-9.]+)x')
+    _ratio(out, r'shared pass .*prdc50k_full.*memo50k_full.*pull50k_full.*ratio\s+([0-9.]+)x')
     _ratio(out, r'ratio\s+([0-9.]+)x')
     assert re.search(r'detector \S+ sha256 [0-9a-f]{16}', out), out[-2000:]
     assert re.search(r"'fid8_full': [0-9.]+", out), out[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_augment_cpu():
+    out = _bench('bench_augment.py', '--res', '32', '--repeats', '1')
+    for quantity in ('time', 'memory'):
+        for mode in ('fwd', 'fwd+r1'):
+            _ratio(out, rf'augment\s+32 {re.escape(mode)}\s+{quantity} .* ratio ([0-9.]+)x')
+    assert re.search(r'^host reads per call\s+fitted 1 ', out, re.M), out  # the padding, read once
+    assert re.search(r'^host reads per call\s+full\s+0 ', out, re.M), out

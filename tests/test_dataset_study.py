@@ -333,3 +333,21 @@ def test_a_long_problem_list_is_grouped_and_written_in_full_to_a_report(tmp_path
     listed = open(report).read()
     assert all(f'{img / f"{i}.png"}: ' in listed for i in range(42))
     assert not os.path.exists(tmp_path / 'o')  # no set was written
+
+
+def test_mixed_sets_say_which_images_are_generated(small_study):
+    """dataset.json keeps upstream's "labels" and adds the generated images' names, which the dataset reads."""
+    from training.dataset import ImageFolderDataset
+    for name in ('CelebAMask-HQ1', 'Mix-dataset1'):
+        with open(study.manifest_path(small_study, name)) as f:
+            manifest = json.load(f)
+        path = os.path.join(small_study, name + '.zip')
+        with zipfile.ZipFile(path) as zf:
+            meta = json.loads(zf.read('dataset.json'))
+        assert meta['labels'] is None
+        kinds = {e['archive_name']: e['kind'] for e in manifest['images']}
+        assert sorted(meta['generated']) == sorted(n for n, k in kinds.items() if k == 'generated')
+        ds = ImageFolderDataset(path)
+        assert ds.part_labels.tolist() == [kinds[n] == 'generated' for n in ds.image_fnames]
+        ds.close()
+    assert sum(ImageFolderDataset(os.path.join(small_study, 'Mix-dataset1.zip')).part_labels) == 1

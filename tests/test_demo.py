@@ -204,3 +204,22 @@ def test_a_failed_pretraining_stops_the_fid_run_beside_it(tmp_path, monkeypatch)
         assert sleeper.wait(timeout=60) != 0  # terminated, not left running behind the demo
     finally:
         sleeper.kill()
+
+
+def test_lean_text_states_pull_and_memorisation_with_intervals(tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    assert 'not measured' in demo.lean_text(str(run))
+    pull = dict(results={'pull40_full_nn': 0.5, 'pull40_full_base': 0.2, 'pull40_full_fid_real': 90.0},
+                uncertainty={'pull40_full_nn': {'ci95': [0.35, 0.65]}}, kimg=8, num_gen=40)
+    memo = dict(results={'memo40_full': 0.05, 'memo40_full_nn_ratio': 1.2},
+                uncertainty={'memo40_full': {'ci95': [-0.02, 0.12]}}, kimg=8, num_gen=40)
+    (run / 'metric-pull50k_full.jsonl').write_text(json.dumps(dict(pull, results={**pull['results'], 'pull40_full_nn': 0.1}))
+                                                   + '\n' + json.dumps(pull) + '\n')  # the last line counts
+    (run / 'metric-memo50k_full.jsonl').write_text(json.dumps(memo) + '\n')
+    text = demo.lean_text(str(run))
+    assert '50% [95% 35-65%]' in text and '20% of the mix' in text and 'leans towards them' in text
+    assert 'memorised' in text and '5% [95% 0-12%]' in text
+    pull['uncertainty']['pull40_full_nn']['ci95'] = [0.1, 0.9]
+    (run / 'metric-pull50k_full.jsonl').write_text(json.dumps(pull) + '\n')
+    assert 'no clear lean' in demo.lean_text(str(run))

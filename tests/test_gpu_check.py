@@ -32,7 +32,7 @@ def test_cpu_smoke_writes_one_complete_json(tmp_path):
     report = json.loads(out.read_text())
     assert report['environment']['mode'] == 'cpu-smoke'
     steps = report['steps']
-    assert list(steps) == ['gpu_tests', 'selftest', 'train_b32_bg32', 'train_b64_bg8', 'ops', 'fid']
+    assert list(steps) == ['gpu_tests', 'selftest', 'train_b32_bg32', 'train_b64_bg8', 'ops', 'fid', 'augment']
     assert all(s['status'] == 'ok' and s['rc'] == 0 for s in steps.values()), steps
 
     assert steps['selftest']['device'] is None and steps['selftest']['rows'] == []  # no GPU: one line, no rows
@@ -47,6 +47,10 @@ def test_cpu_smoke_writes_one_complete_json(tmp_path):
     fid = steps['fid']
     assert fid['num_gen'] == 8 and "'fid8_full'" in fid['results']
     assert fid['fid50k_full_estimate_s'] == pytest.approx(fid['total_s'] * 50000 / 8)
+    augment = steps['augment']
+    assert augment['host_reads_per_call'] == {'fitted': 1, 'full': 0}
+    assert {(r['res'], r['mode']) for r in augment['rows']} == {(32, 'fwd'), (32, 'fwd+r1')}
+    assert len(augment['rows']) == 4 and all(r['ratio'] > 0 for r in augment['rows']), augment['rows']
 
 
 def test_missing_output_folder_is_one_line_and_writes_nothing(tmp_path):

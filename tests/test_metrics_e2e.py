@@ -206,7 +206,8 @@ def test_unknown_metric_and_bad_num_gen():
     assert metric_main.is_valid_metric('fid50k_full') and not metric_main.is_valid_metric('fid10k')
     assert metric_main.list_valid_metrics() == ['fid50k_full', 'kid50k_full', 'pr50k3_full', 'ppl2_wend', 'is50k',
                                                 'fid50k', 'kid50k', 'pr50k3', 'ppl_zfull', 'ppl_wfull',
-                                                'ppl_zend', 'ppl_wend']  # upstream's registry order
+                                                'ppl_zend', 'ppl_wend',  # upstream's registry order
+                                                'prdc50k_full', 'memo50k_full', 'pull50k_full']
 
 # ----------------------------------------------------------------------------
 # Two CPU processes over gloo give the same statistics as one.
@@ -420,3 +421,15 @@ def test_is50k_without_classifier_fails_before_generating(tmp_path):
         metric_main.calc_metric('is50k', ReplayGenerator(images), _toy_kwargs(tmp_path / 'reals.npy'),
                                 device='cpu', detector=det, num_gen=4)
     assert det.images_seen == 0
+
+
+def test_printed_result_line_leaves_details_to_the_file(tmp_path, capsys):
+    """memo's details hold base64 thumbnails: the jsonl keeps them, the console (and log.txt) does not."""
+    result = dict(results={'memo50k_full': 0.25}, metric='memo50k_full', total_time=1.0, total_time_str='1s',
+                  num_gpus=1, detector=dict(name='toy', sha256='ab'), num_gen=50000,
+                  details=dict(top=[dict(gen_index=3, image_png='A' * 5000)]))
+    metric_main.report_metric(result, run_dir=os.fspath(tmp_path), kimg=4)
+    printed = json.loads(capsys.readouterr().out)
+    stored = json.loads((tmp_path / 'metric-memo50k_full.jsonl').read_text())
+    assert 'details' not in printed and stored['details']['top'][0]['image_png'] == 'A' * 5000
+    assert printed == {k: v for k, v in stored.items() if k != 'details'}

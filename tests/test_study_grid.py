@@ -61,7 +61,7 @@ def check_grid_commands(lines, data_dir, runs_dir, gpus='1'):
         assert opts['--outdir'] == os.path.join(runs_dir, dataset, preset)
         assert opts['--kimg'] == '100'
         assert opts['--snap-kimg'] == '40,60,80,100'
-        assert opts['--metrics'] == 'fid50k_full'
+        assert opts['--metrics'] == 'fid50k_full,prdc50k_full,memo50k_full,pull50k_full'
         assert opts['--resume'] == 'ffhq512'
         assert opts['--cfg'] == 'paper512'
         assert opts['--gpus'] == gpus

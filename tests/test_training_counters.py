@@ -13,9 +13,11 @@ tensors. Then, as on a GPU:
 - a host tensor handed to an op on device tensors is a copy (a "mixed" op).
 
 Host reads of host tensors (Adam's step counter lives on the host on every device) cost nothing.
+A step may sync only where the augment pipe reads its geometric padding, exactly once per call.
 Counting, not timing, so the test is exact on a CPU-only machine.
 """
 
+import collections
 import sys
 
 import pytest
@@ -24,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from test_augment_counters import _HOST_DATA_FACTORIES
+from test_augment_counters import _HOST_DATA_FACTORIES, lenient_padding_reads
 from training_helpers import ada_kwargs, tiny_loop_kwargs, write_image_zip
 
 _HOST_READS = {'item', 'tolist', 'numpy', 'cpu', '__float__', '__int__', '__bool__', '__index__', '__complex__',
@@ -68,6 +70,7 @@ class DeviceModel(TorchFunctionMode):
         self.host = WeakIdKeyDictionary()   # tensors that live on the host (everything else: the device)
         self.segment = ('setup', 0)         # (kind, step index) the next events belong to
         self.events = []                    # (segment, kind, function name, call site, shapes)
+        self.augment_calls = collections.Counter()  # segment -> AugmentPipe calls in it
 
     def is_host(self, t):
         return t in self.host
@@ -143,10 +146,16 @@ class DeviceModel(TorchFunctionMode):
 
 
 def _watched_run(tmp_path, monkeypatch, steps, labels=False, **overrides):
-    """Train `steps` iterations under DeviceModel; returns (model, events, phases run per step)."""
+    """Train `steps` iterations under DeviceModel; returns (model, the DeviceModel, phases run per step)."""
     from training import ada as ada_lib
-    from training import ticks, training_loop
+    from training import augment, ticks, training_loop
     watch = DeviceModel()
+    forward = augment.AugmentPipe.forward
+
+    def counted_forward(pipe, *args, **kwargs):
+        watch.augment_calls[watch.segment] += 1
+        return forward(pipe, *args, **kwargs)
+    monkeypatch.setattr(augment.AugmentPipe, 'forward', counted_forward)
     for factory in ('from_numpy', 'frombuffer'):
         monkeypatch.setattr(torch, factory, watch.hosted(getattr(torch, factory)))
     _segment(monkeypatch, ada_lib.AdaController, 'after_step', watch, 'ada')
@@ -171,7 +180,7 @@ def _watched_run(tmp_path, monkeypatch, steps, labels=False, **overrides):
     kw.update(overrides)
     result = training_loop.training_loop(**kw)
     assert result.state == 'finished' and result.counters.batch_idx == steps
-    return result.model, watch.events, phases
+    return result.model, watch, phases
 
 
 def _segment(monkeypatch, owner, attr, watch, kind):
@@ -234,10 +243,26 @@ def test_the_model_sees_syncs_copies_and_uploads():
 # The training step.
 
 
-def _assert_lean_step(index, events, label_shape):
-    """No sync, copy or mixed op; exactly two non-blocking uploads: the uint8 images and all the labels."""
+# The one host read an augment call may make: its geometric step's padding (four integers).
+PADDING_READ = ('sync', 'tolist', 'augment.py:_fitted_padding')
+
+
+def _unexpected(events, augment_calls):
+    """The step's events other than uploads and one padding read per augment call (all of them if the
+    padding reads do not number exactly one per call)."""
     others = [event for event in events if event[0] != 'upload']
-    assert others == [], (index, others)
+    reads = [event for event in others if event[:3] == PADDING_READ]
+    if len(reads) != augment_calls:
+        return others
+    return [event for event in others if event[:3] != PADDING_READ]
+
+
+def _assert_lean_step(index, events, label_shape, augment_calls):
+    """No sync but one padding read per augment call, no copy or mixed op; exactly two non-blocking
+    uploads: the uint8 images and all the labels."""
+    assert augment_calls > 0, index
+    unexpected = _unexpected(events, augment_calls)
+    assert unexpected == [], (index, augment_calls, unexpected)
     uploads = sorted((str(shapes), details['non_blocking']) for kind, _name, _site, shapes, details in events
                      if kind == 'upload')
     expected = [(str([((4, 3, 32, 32), torch.uint8)]), True), (str([(label_shape, torch.float32)]), True)]
@@ -247,14 +272,16 @@ def _assert_lean_step(index, events, label_shape):
 @pytest.mark.slow
 @pytest.mark.parametrize('reg, labels, steps', [((2, 4), False, 9), ((None, None), True, 5)],
                          ids=['lazy-regularisation', 'regularised-every-step-with-labels'])
-def test_steady_state_steps_sync_only_to_adjust_ada(tmp_path, monkeypatch, fresh_training_stats, reg, labels, steps):
-    """Per step: two uploads (images, labels); syncs only in the ADA adjustment every 4 steps and at tick ends."""
-    model, events, phases = _watched_run(tmp_path, monkeypatch, steps, labels=labels, G_reg_interval=reg[0],
-                                         D_reg_interval=reg[1])
+def test_steady_state_steps_sync_only_to_adjust_ada_and_read_the_padding(tmp_path, monkeypatch, fresh_training_stats, reg, labels, steps):
+    """Per step: two uploads (images, labels) and one padding read per augment call; other syncs only
+    in the ADA adjustment every 4 steps and at tick ends."""
+    model, watch, phases = _watched_run(tmp_path, monkeypatch, steps, labels=labels, G_reg_interval=reg[0],
+                                        D_reg_interval=reg[1])
+    events = watch.events
     label_shape = (4 + 4 * len(model.phases), model.G.c_dim)  # this step's reals + every phase's fakes
     step_events, ada_events = _by_segment(events, 'step'), _by_segment(events, 'ada')
     for index in range(1, steps):  # step 0 builds caches and optimizer state
-        _assert_lean_step(index, step_events[index], label_shape)
+        _assert_lean_step(index, step_events[index], label_shape, watch.augment_calls['step', index])
         syncs = ada_events.get(index, [])
         assert bool(syncs) == ((index + 1) % 4 == 0), (index, syncs)  # ada_interval 4: after steps 4, 8, ...
         assert {site.split(':')[0] for _kind, _name, site, *_rest in syncs} <= {'ada.py', 'training_stats.py'}
@@ -266,24 +293,40 @@ def test_steady_state_steps_sync_only_to_adjust_ada(tmp_path, monkeypatch, fresh
     assert all(p._post_accumulate_grad_hooks is None for p in [*model.G.parameters(), *model.D.parameters()])
 
 
-@pytest.mark.slow
-def test_a_sync_added_to_the_step_is_caught(tmp_path, monkeypatch, fresh_training_stats):
-    """Reading the style-mixing cutoff on the host (a per-step .item()) shows up at its call site."""
+def _plant_cutoff_read(monkeypatch):
+    """Reads the style-mixing cutoff on the host (a per-step int())."""
     from training import loss as loss_lib
     mix_styles = loss_lib.mix_styles
     monkeypatch.setattr(loss_lib, 'mix_styles', lambda ws, other, cutoff: mix_styles(ws, other, int(cutoff)))
-    _model, events, _phases = _watched_run(tmp_path, monkeypatch, 3, G_reg_interval=2, D_reg_interval=4)
-    syncs = [(name, site) for kind, name, site, _shapes, _details in _by_segment(events, 'step')[2] if kind == 'sync']
-    assert syncs and set(syncs) == {('__int__', 'loss.py:run_G')}, syncs
+    return {('sync', '__int__', 'loss.py:run_G')}
+
+
+def _plant_second_padding_read(monkeypatch):
+    """Fits (and reads) the geometric padding twice per augment call."""
+    from training import augment
+    fitted = augment._fitted_padding
+    monkeypatch.setattr(augment, '_fitted_padding', lambda *a: fitted(*a) and fitted(*a))
+    return {PADDING_READ}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('plant', [_plant_cutoff_read, _plant_second_padding_read], ids=['loss', 'augment'])
+def test_a_sync_added_to_the_step_is_caught(tmp_path, monkeypatch, fresh_training_stats, plant):
+    """A planted host read in the step (even a second padding read per augment call) is reported at its call site."""
+    planted = plant(monkeypatch)
+    _model, watch, _phases = _watched_run(tmp_path, monkeypatch, 3, G_reg_interval=2, D_reg_interval=4)
+    unexpected = _unexpected(_by_segment(watch.events, 'step')[2], watch.augment_calls['step', 2])
+    assert unexpected and {event[:3] for event in unexpected} == planted, unexpected
 
 
 @pytest.mark.gpu
-def test_cuda_steady_state_steps_never_sync(tmp_path, monkeypatch, fresh_training_stats):
+def test_cuda_steady_state_steps_sync_only_for_ada_and_the_padding(tmp_path, monkeypatch, fresh_training_stats):
     """On a GPU: torch's sync detector raises on any synchronising call (a blocking copy included) in a step,
-    the ADA adjustment excepted."""
+    the ADA adjustment and the augment pipe's padding reads excepted."""
     from training import ada as ada_lib
     from training import training_loop
     step, after_step = training_loop.training_step, ada_lib.AdaController.after_step
+    padding_reads = lenient_padding_reads(monkeypatch)
 
     def strict_step(run, state, *args):
         strict = state.counters.batch_idx >= 2  # the first steps build the CUDA plugins, caches and optimizer state
@@ -308,3 +351,4 @@ def test_cuda_steady_state_steps_never_sync(tmp_path, monkeypatch, fresh_trainin
                           device='cuda', data_loader_kwargs=dict(pin_memory=True, num_workers=0),
                           G_reg_interval=2, D_reg_interval=4, **ada_kwargs(ada_interval=4, ada_kimg=0.1))
     assert training_loop.training_loop(**kw).counters.batch_idx == 9
+    assert padding_reads, 'the augment pipe ran'  # how many per step is counted on the CPU

@@ -7,8 +7,10 @@ training/ada.py's controller from the sign of D's outputs on reals.
 
 The pipeline is twice differentiable (grid_sample_gradfix, reflect padding, grouped convolutions),
 so R1 can be taken through it. It is also lean on an accelerator: every constant tensor is built once
-per device and cached, and nothing in a call reads a value back to the host, so a call issues no
-host<->device copy and no stream sync (tests/test_augment_counters.py counts them).
+per device and cached, so a call issues no host->device copy, and it reads one thing back to the
+host: the four integers of the geometric step's reflect padding, fitted to the batch's transforms as
+upstream does (one small transfer and stream sync per call; a padding that covers every possible draw
+would cost 3-4x the time and 4-5x the memory). tests/test_augment_counters.py counts all of these.
 
 This module's source is stored in every snapshot and NVIDIA's loader executes it, so it imports only
 modules their tree also has (torch_utils.misc, persistence, ops.upfirdn2d, ops.grid_sample_gradfix)
@@ -231,31 +233,86 @@ def _blit_coords(W, H, device):
     return _cached(('blit', W, H), device, build)
 
 
-def _geometry_padding(W, H):
-    """Reflect padding [left, right, top, bottom] of the geometric resampling: one full reflection."""
+def _full_padding(W, H):
+    """One full reflection on every side: the most any draw can use (samples beyond it read zeros)."""
     return [W - 1, W - 1, H - 1, H - 1]
 
 
-def _geometry_frame(W, H, border, device):
-    """([1, 3, 3] pre, [1, 3, 3] post) with theta = pre @ G_inv @ post mapping canvas -> input.
+def _canvas_corners(W, H, border, device):
+    """[3, 4] the canvas's four outermost sample centres, normalised canvas coordinates, homogeneous.
 
-    post: normalised output canvas -> centred output pixels, shifted by the filter lag;
-    pre: centred pixels -> normalised padded input, undoing the lag and moving by the padding.
+    The canvas is the image plus `border` pixels per side at 2x: Wc x Hc samples whose centres
+    (align_corners=False) lie within +-(1 - 1/Wc) and +-(1 - 1/Hc).
+    """
+    def build(dev):
+        u, v = 1 - 1 / (2 * W + 4 * border), 1 - 1 / (2 * H + 4 * border)
+        return torch.tensor([[-u, u, u, -u], [-v, -v, v, v], [1, 1, 1, 1]], dtype=torch.float32, device=dev)
+    return _cached(('corners', W, H, border), device, build)
+
+
+# How far beyond a sample position the padded input must reach, in input pixels: bilinear reads
+# 2x-image pixels within half a pixel, and a 2x-image pixel mixes input pixels within 2.75 pixels
+# (12 taps at 2x): 3.25, rounded up. With it the output equals that of a full reflection padding
+# (tests/test_augment_counters.py).
+_GEOMETRY_SLACK = 4
+
+
+def _padding_bounds(W, H, device):
+    """([4] offset, [4] limit): padding = min(ceil(reach + offset), limit) per side."""
+    def build(dev):
+        half = [(W - 1) / 2] * 2 + [(H - 1) / 2] * 2            # edge pixel centre, centred coordinates
+        offset = torch.tensor([_GEOMETRY_SLACK - h for h in half], dtype=torch.float32, device=dev)
+        return offset, torch.tensor(_full_padding(W, H), dtype=torch.float32, device=dev)
+    return _cached(('padbounds', W, H), device, build)
+
+
+def _fitted_padding(core, W, H, border):
+    """Reflect padding [left, right, top, bottom] that covers every sample of the batch's transforms.
+
+    core: [N, 3, 3] normalised output canvas -> centred input pixels. As upstream, the padding is
+    fitted to the batch: the farthest sample position (the transformed canvas corners, since the map
+    is affine), plus the reach of the sampler and the upsampling filter, capped at one full
+    reflection. Reading the four integers back is the call's one device->host transfer (a stream
+    sync on an accelerator); it keeps the upsampled intermediate as small as the draws allow.
+    """
+    if core.shape[0] == 0:
+        return [0, 0, 0, 0]
+    src = core[:, :2, :] @ _canvas_corners(W, H, border, core.device)         # [N, 2, 4] input pixels
+    reach = torch.stack([-src, src], dim=2).amax(dim=(0, 3)).flatten()        # [-min x, max x, -min y, max y]
+    offset, limit = _padding_bounds(W, H, core.device)
+    pad = torch.minimum((reach + offset).ceil().clamp(min=0), limit)
+    return pad.to(torch.int32).tolist()
+
+
+def _geometry_frame(W, H, border, device):
+    """([1, 3, 3] lag_in, [1, 3, 3] post): theta = (padded-frame scale) @ lag_in @ G_inv @ post.
+
+    post: normalised output canvas -> centred output pixels, shifted by the filter lag; lag_in
+    undoes the lag; the padded-frame scale and shift (per call, from the padding) move centred
+    pixels to the normalised padded input.
     sym6 is not symmetric: the upsampler delays the signal by `lag` pixels and the flipped
     downsampler advances it by the same amount. Those cancel for the identity but not for a flip
     or rotation, so G_inv is conjugated with the lag to keep flips and rot90s aligned.
     """
     def build(dev):
-        left, right, top, bottom = _geometry_padding(W, H)
-        Wp, Hp = W + left + right, H + top + bottom
         Wc, Hc = 2 * W + 4 * border, 2 * H + 4 * border
         lag = _filter_lag(SYM6)  # from the constant, not the buffer: no device read
         out_to_pix = _scale2d(Wc / 4, Hc / 4, 1, dev)
-        pad_shift = _translate2d((left - right) / 2, (top - bottom) / 2, 1, dev)
-        pix_to_in = _scale2d(2 / Wp, 2 / Hp, 1, dev)
-        pre = pix_to_in @ pad_shift @ _translate2d(lag, lag, 1, dev)
-        return pre, _translate2d(-lag, -lag, 1, dev) @ out_to_pix
+        return _translate2d(lag, lag, 1, dev), _translate2d(-lag, -lag, 1, dev) @ out_to_pix
     return _cached(('frame', W, H, border), device, build)
+
+
+def _padded_theta(core, W, H, pad):
+    """[N, 2, 3] sampler matrix from [N, 3, 3] core (-> centred input pixels) and the padding.
+
+    Centred input pixels -> normalised coordinates of the padded image: shift by half the padding
+    imbalance, scale by 2 / padded size. Python scalars only, so no host->device copy.
+    """
+    left, right, top, bottom = pad
+    Wp, Hp = W + left + right, H + top + bottom
+    row_x = (core[:, 0, :] + (left - right) / 2 * core[:, 2, :]) * (2 / Wp)
+    row_y = (core[:, 1, :] + (top - bottom) / 2 * core[:, 2, :]) * (2 / Hp)
+    return torch.stack([row_x, row_y], dim=1)
 
 
 def _imgfilter_constants(num_bands, device):
@@ -492,16 +549,13 @@ class AugmentPipe(torch.nn.Module):
         """Reflect pad, 2x upsample, resample with G_inv, 2x downsample."""
         N, C, H, W = x.shape
         border = self.Hz_geom.shape[0] // 4                     # 3 output pixels for 12 taps
-        # Padding by one full reflection on every side, whatever the draws: a padding fitted to the
-        # batch's matrices (upstream's choice) must be read back to the host, a stream sync per
-        # call. Beyond one reflection the sampler reads zeros either way, so the samples are the
-        # same; the cost is a larger upsampled intermediate (about 3x per axis).
-        left, right, top, bottom = _geometry_padding(W, H)
-        x = _reflect_pad(x, [left, right, top, bottom])
+        lag_in, post = _geometry_frame(W, H, border, x.device)
+        core = lag_in @ G_inv @ post                            # normalised canvas -> centred input pixels
+        pad = self._geometry_padding(core, W, H, border)
+        x = _reflect_pad(x, pad)
         x = upfirdn2d.upsample2d(x=x, f=self.Hz_geom, up=2)     # [N, C, 2Hp, 2Wp]
         Wc, Hc = 2 * W + 4 * border, 2 * H + 4 * border         # canvas: image plus `border` px
-        pre, post = _geometry_frame(W, H, border, x.device)
-        theta = (pre @ G_inv @ post)[:, :2, :]
+        theta = _padded_theta(core.to(torch.promote_types(core.dtype, x.dtype)), W, H, pad)  # float64 images: float64 grid
         grid = F.affine_grid(theta.to(x.dtype), [N, C, Hc, Wc], align_corners=False)
         # R1 through the pipe differentiates this twice w.r.t. x: torch's kernels plus a double
         # backward of our own (grid_sample_gradfix).
@@ -509,6 +563,16 @@ class AugmentPipe(torch.nn.Module):
 
         # Flipped filter on the way down cancels the phase of the (nearly symmetric) sym6.
         return upfirdn2d.downsample2d(x=x, f=self.Hz_geom, down=2, padding=-border * 2, flip_filter=True)
+
+    @staticmethod
+    def _geometry_padding(core, W, H, border):
+        """Reflect padding [left, right, top, bottom] before the upsampling: fitted to the batch.
+
+        Any padding that covers every sample gives the same output (to float rounding: the normalised
+        grid differs); one full reflection (`_full_padding`) covers all draws but makes the upsampled
+        intermediate about 2x larger per axis than a typical batch needs (4-5x the memory).
+        """
+        return _fitted_padding(core, W, H, border)
 
     # -----------------------------------------------------------------------------------------
     # Colour: a 4x4 matrix acting on [r, g, b, 1] in the [-1, 1] range, grown by left-multiplication

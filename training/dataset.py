@@ -2,7 +2,9 @@
 
 On-disk format (upstream's): image files anywhere below the root, ordered by their relative
 path (that order is the raw index), plus an optional `dataset.json` at the root holding
-`{"labels": [[relpath, label], ...]}` or `{"labels": null}`.
+`{"labels": [[relpath, label], ...]}` or `{"labels": null}`. Sets that mix real and generated images
+(dataset_tool.py celebamask) add `"generated": [relpath, ...]`, the generated images' names; upstream
+reads only "labels" and ignores the key.
 
 `Dataset` implements the index bookkeeping shared by every source (random subset, x-flip doubling,
 labels); `ImageFolderDataset` supplies the raw images and labels from a folder or a zip.
@@ -128,6 +130,15 @@ class Dataset(torch.utils.data.Dataset):
             onehot[label] = 1
             label = onehot
         return label.copy()
+
+    @property
+    def part_labels(self):
+        """bool [len(self)]: which items are generated images, or None when the set does not record it."""
+        raw = self._load_raw_parts()
+        return None if raw is None else np.asarray(raw, bool)[self._raw_idx]
+
+    def _load_raw_parts(self):  # -> None or bool ndarray [raw count]
+        return None
 
     def get_details(self, idx):
         """EasyDict-like record of where item `idx` comes from: raw_idx, xflip, raw_label."""
@@ -303,6 +314,16 @@ class ImageFolderDataset(Dataset):
                            f'({len(missing)} image(s) unlabelled)')
         labels = np.array([labels[f.replace('\\', '/')] for f in self._image_fnames])
         return labels.astype({1: np.int64, 2: np.float32}[labels.ndim])
+
+    def _load_raw_parts(self):
+        if 'dataset.json' not in self._all_fnames:
+            return None
+        with self._open_file('dataset.json') as f:
+            names = json.load(f).get('generated')
+        if names is None:
+            return None
+        names = {str(n).replace('\\', '/') for n in names}
+        return np.array([f.replace('\\', '/') in names for f in self._image_fnames], bool)
 
     # -- content identity ---------------------------------------------------------
 
