@@ -95,6 +95,14 @@ def test_the_old_pixel_budget_would_break_the_kernels():
     assert len(problems) > 10 and 'upfirdn2d' in ' '.join(problems)
 
 
+@pytest.fixture(autouse=True)
+def _widest_augment_padding(monkeypatch):
+    """The augment pipe fits its geometric padding to the batch's draws, which a meta tensor does not hold:
+    audit the widest padding it can choose (one full reflection per side), an upper bound for every draw."""
+    from training import augment
+    monkeypatch.setattr(augment, '_fitted_padding', lambda core, W, H, border: augment._full_padding(W, H))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Training: paper512, ADA on, every phase including R1 and path length.
 
