@@ -87,7 +87,7 @@ def share_interval(per_row, weights):
     """(mean of per_row, its bootstrap interval): per_row [n] values of the generated rows, weights [R, n]."""
     per_row = per_row.to(torch.float64)
     point = float(per_row.mean())
-    return point, fid_lib.interval(point, weights @ per_row / per_row.shape[0])
+    return point, fid_lib.interval(point, weights @ per_row / per_row.shape[0], bounds=(0.0, 1.0))
 
 
 def fid_to(feats, rows):

@@ -249,7 +249,7 @@ def fid_uncertainty(point, gen_features, mu_real, sigma_real, replicates=BOOTSTR
     return interval(point, values, seed)
 
 
-def interval(point, values, seed=BOOTSTRAP_SEED, method='bootstrap-generated'):
+def interval(point, values, seed=BOOTSTRAP_SEED, method='bootstrap-generated', bounds=None):
     """The uncertainty record of a point value from its bootstrap replicates' values.
 
     Args:
@@ -257,13 +257,17 @@ def interval(point, values, seed=BOOTSTRAP_SEED, method='bootstrap-generated'):
         values: [B] replicate values (numpy or a tensor).
         seed: the seed bootstrap_counts drew them with.
         method: what was resampled.
+        bounds: (lo, hi) the value cannot leave (a share: 0 and 1); the normal interval is clipped to them.
 
     Returns:
         dict(se, ci95=[lo, hi], bootstrap_mean, replicates, seed, method) with Python floats.
     """
     values = np.asarray(torch.as_tensor(values).cpu(), np.float64)
     se = float(np.std(values, ddof=1))
-    return dict(se=se, ci95=[point - Z95 * se, point + Z95 * se], bootstrap_mean=float(values.mean()),
+    ci95 = [point - Z95 * se, point + Z95 * se]
+    if bounds is not None:
+        ci95 = [min(max(v, bounds[0]), bounds[1]) for v in ci95]
+    return dict(se=se, ci95=ci95, bootstrap_mean=float(values.mean()),
                 replicates=int(values.shape[0]), seed=int(seed), method=method)
 
 # ----------------------------------------------------------------------------

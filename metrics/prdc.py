@@ -79,5 +79,8 @@ def prdc_record(feats, num_gen, key):
     weights = feature_space.bootstrap_weights(num_gen, feats.gen.device)
     values, replicates = prdc(feats.real, feats.gen, weights)
     results = {f'{key}_{n}': v for n, v in values.items()}
-    uncertainty = {f'{key}_{n}': feature_space.fid_lib.interval(v, replicates[n]) for n, v in values.items()}
+    # Precision, recall and coverage are shares; density is an average count (it can pass 1).
+    bounds = dict(precision=(0.0, 1.0), recall=(0.0, 1.0), coverage=(0.0, 1.0), density=(0.0, float('inf')))
+    uncertainty = {f'{key}_{n}': feature_space.fid_lib.interval(v, replicates[n], bounds=bounds[n])
+                   for n, v in values.items()}
     return results, uncertainty

@@ -359,3 +359,16 @@ def test_the_most_memorised_samples_are_stored_as_images(evaluated, mixed_set):
         img = np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(t['image_png'])))).transpose(2, 0, 1)
         assert t['distance'] == pytest.approx(0, abs=1e-6)
         assert (img == images[t['train_index']]).all()
+
+
+def test_share_intervals_stay_within_zero_and_one():
+    """A rare event (1 of 40 samples) has a normal bootstrap interval reaching below 0: it is clipped."""
+    from metrics import feature_space, frechet_inception_distance
+    per_row = torch.zeros(40, dtype=torch.float64)
+    per_row[7] = 1
+    weights = feature_space.bootstrap_weights(40, per_row.device)
+    point, record = feature_space.share_interval(per_row, weights)
+    lo, hi = record['ci95']
+    assert point == 1 / 40 and lo == 0.0 and point < hi < 1
+    unclipped = frechet_inception_distance.interval(point, weights @ per_row / 40)
+    assert unclipped['ci95'][0] < 0  # what the clip guards against
