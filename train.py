@@ -356,7 +356,49 @@ class _CommaList(click.ParamType):
         return ','.join(s.strip() for s in str(value).split(','))
 
 
-@cli.command(interrupted_line='Interrupted: run the same command again to continue from the last checkpoint.',
+HELP = """Train a StyleGAN2-ADA generator on an image dataset.
+
+\b
+Examples:
+
+\b
+# A new dataset on one GPU, presets chosen from the resolution.
+python train.py --outdir=runs --data=mydata.zip --gpus=1
+
+\b
+# Fine-tune the FFHQ 512 network for 100 kimg with a cyclical lr; snapshots at 40/60/80/100.
+python train.py --outdir=runs --data=data512.zip --resume=ffhq512 --cfg=paper512 \\
+    --kimg=100 --snap-kimg=40,60,80,100 --lr-schedule=ddclr
+
+\b
+# Continue a stopped run: run the same command again (or pass --resume=<run dir>).
+# A finished run says so and exits 0; --new-run starts another.
+
+\b
+Stopping and continuing:
+  SIGTERM or SIGUSR1 (e.g. sbatch --signal=USR1@120) finish the current step, write a
+  checkpoint and exit with status 75 (EX_TEMPFAIL); run the same command to continue
+  bit-identically. Ctrl-C stops at once; the run continues from its last checkpoint.
+
+\b
+Presets (--cfg):
+  auto       derived from the resolution and --gpus (2 mapping layers, EMA ramp-up)
+  stylegan2  StyleGAN2 config F (batch 32, gamma 10)
+  paper256   the paper's 256x256 setting (batch 64, gamma 1, half width)
+  paper512   the paper's 512x512 setting (batch 64, gamma 0.5)
+  paper1024  the paper's 1024x1024 setting (batch 32, gamma 2)
+  cifar      the paper's CIFAR-10 setting (batch 64, gamma 0.01, no PL, no mixing)
+
+\b
+--resume values:
+  ffhq256, ffhq512, ffhq1024, celebahq256, lsundog256
+                 NVIDIA's transfer-learning source networks (downloaded once)
+  PATH or URL    any network pickle (weights only; counters start at 0)
+  RUN DIR        continue that run from its newest training state
+"""
+
+
+@cli.command(help=HELP, interrupted_line='Interrupted: run the same command again to continue from the last checkpoint.',
              context_settings=dict(max_content_width=100, terminal_width=100))
 # General options.
 @click.option('--outdir', help='Parent directory of the run directories', metavar='DIR')
@@ -412,49 +454,26 @@ class _CommaList(click.ParamType):
 @click.option('--device', help='Device type', type=click.Choice(opt_lib.DEVICE_CHOICES), default=D['device'], show_default=True)
 @click.pass_context
 def main(ctx, **opts):
-    """Train a StyleGAN2-ADA generator on an image dataset.
-
-    \b
-    Examples:
-
-    \b
-    # A new dataset on one GPU, presets chosen from the resolution.
-    python train.py --outdir=runs --data=mydata.zip --gpus=1
-
-    \b
-    # Fine-tune the FFHQ 512 network for 100 kimg with a cyclical lr; snapshots at 40/60/80/100.
-    python train.py --outdir=runs --data=data512.zip --resume=ffhq512 --cfg=paper512 \\
-        --kimg=100 --snap-kimg=40,60,80,100 --lr-schedule=ddclr
-
-    \b
-    # Continue a stopped run: run the same command again (or pass --resume=<run dir>).
-    # A finished run says so and exits 0; --new-run starts another.
-
-    \b
-    Stopping and continuing:
-      SIGTERM or SIGUSR1 (e.g. sbatch --signal=USR1@120) finish the current step, write a
-      checkpoint and exit with status 75 (EX_TEMPFAIL); run the same command to continue
-      bit-identically. Ctrl-C stops at once; the run continues from its last checkpoint.
-
-    \b
-    Presets (--cfg):
-      auto       derived from the resolution and --gpus (2 mapping layers, EMA ramp-up)
-      stylegan2  StyleGAN2 config F (batch 32, gamma 10)
-      paper256   the paper's 256x256 setting (batch 64, gamma 1, half width)
-      paper512   the paper's 512x512 setting (batch 64, gamma 0.5)
-      paper1024  the paper's 1024x1024 setting (batch 32, gamma 2)
-      cifar      the paper's CIFAR-10 setting (batch 64, gamma 0.01, no PL, no mixing)
-
-    \b
-    --resume values:
-      ffhq256, ffhq512, ffhq1024, celebahq256, lsundog256
-                     NVIDIA's transfer-learning source networks (downloaded once)
-      PATH or URL    any network pickle (weights only; counters start at 0)
-      RUN DIR        continue that run from its newest training state
-    """
+    # --help prints HELP (above).
     dry_run = opts.pop('dry_run')
     opts = {k: v for k, v in opts.items() if v is not None}
     opts['new_run'] = bool(opts.get('new_run'))
+    args, plan = _prepare_or_fail(ctx, opts, dry_run)
+    if plan.kind == 'finished':
+        print(finished_line(plan.run_dir))
+        return
+    _print_summary(args, plan)
+    if dry_run:
+        print('Dry run; exiting.')
+        return
+    outcome = _train_with_one_line_errors(launch, args, plan)
+    if outcome == 'preempted':
+        ctx.exit(EXIT_PREEMPTED)
+
+
+def _prepare_or_fail(ctx, opts, dry_run):
+    """(args, plan) after the preflight checks; under torchrun, trains here and exits. A bad option is
+    one line naming the flag (exit status 2)."""
     plan = None
     try:
         from torch_utils import distributed
@@ -470,16 +489,7 @@ def main(ctx, **opts):
     except opt_lib.OptionError as e:
         _release(plan)
         _fail(e)
-    if plan.kind == 'finished':
-        print(finished_line(plan.run_dir))
-        return
-    _print_summary(args, plan)
-    if dry_run:
-        print('Dry run; exiting.')
-        return
-    outcome = _train_with_one_line_errors(launch, args, plan)
-    if outcome == 'preempted':
-        ctx.exit(EXIT_PREEMPTED)
+    return args, plan
 
 
 if __name__ == '__main__':

@@ -328,12 +328,12 @@ def test_cuda_steady_state_steps_sync_only_for_ada_and_the_padding(tmp_path, mon
     step, after_step = training_loop.training_step, ada_lib.AdaController.after_step
     padding_reads = lenient_padding_reads(monkeypatch)
 
-    def strict_step(run, model, counters, *args):
-        strict = counters.batch_idx >= 2  # the first steps build the CUDA plugins, caches and optimizer state
+    def strict_step(run, state, *args):
+        strict = state.counters.batch_idx >= 2  # the first steps build the CUDA plugins, caches and optimizer state
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode('error' if strict else 'default')
         try:
-            return step(run, model, counters, *args)
+            return step(run, state, *args)
         finally:
             torch.cuda.set_sync_debug_mode('default')
 

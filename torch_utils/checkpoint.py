@@ -79,6 +79,54 @@ def remove_stale_temp_files(run_dir):
 
 
 # ----------------------------------------------------------------------------
+# What a state holds: named objects, each with state_dict()/load_state_dict().
+
+
+class Registry:
+    """The checkpointed objects of a run by name; `parts()` for a save and `load()` of a read use the
+    same table, so a new piece of checkpointed state is one `register` call.
+
+    An object may be None (e.g. no ADA controller): its part is saved as None, and a None part or
+    object is skipped on load.
+    """
+
+    def __init__(self):
+        self._objects = {}
+
+    def register(self, name, obj):
+        assert name not in self._objects, f'{name} registered twice'
+        self._objects[name] = obj
+
+    def names(self):
+        return list(self._objects)
+
+    def parts(self):
+        """{name: obj.state_dict()} in registration order."""
+        return {name: None if obj is None else obj.state_dict() for name, obj in self._objects.items()}
+
+    def load(self, parts):
+        """Load every registered object from `parts` (a missing name is an error: the file is foreign)."""
+        for name, obj in self._objects.items():
+            if obj is not None and parts[name] is not None:
+                obj.load_state_dict(parts[name])
+
+
+class RngState:
+    """The python/numpy/torch generators as a registry entry; `apply=False` reads them but never sets them
+    (ranks other than 0 keep their own streams)."""
+
+    def __init__(self, apply=True):
+        self.apply = apply
+
+    def state_dict(self):
+        return get_rng_state()
+
+    def load_state_dict(self, state):
+        if self.apply:
+            set_rng_state(state)
+
+
+# ----------------------------------------------------------------------------
 # Writing.
 
 

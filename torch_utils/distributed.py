@@ -75,6 +75,17 @@ def world_size():
     return torch.distributed.get_world_size() if is_initialized() else 1
 
 
+def rank():
+    """This process's rank in the process group (0 for a single process)."""
+    return torch.distributed.get_rank() if is_initialized() else 0
+
+
+def print0(*args):
+    """print on rank 0 only, flushed (log.txt tees stdout)."""
+    if rank() == 0:
+        print(*args, flush=True)
+
+
 def init_process_group(rank, world, device_type, init_file=None):
     """Join the process group (no-op for a single process).
 

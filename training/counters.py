@@ -24,6 +24,22 @@ class Counters:
         """Requested kimg points reached and not yet snapshotted, ascending."""
         return [k for k in snap_kimg if k not in self.points_done and self.cur_nimg >= k * 1000]
 
+    # The only writers of the counters (besides load_state_dict).
+
+    def advance(self, batch_size):
+        """One iteration of `batch_size` images is done."""
+        self.cur_nimg += batch_size
+        self.batch_idx += 1
+
+    def mark_points(self, points):
+        """kimg points whose snapshots were written."""
+        self.points_done = sorted(set(self.points_done) | set(points))
+
+    def next_tick(self):
+        """The tick in progress ended; the next one starts at cur_nimg."""
+        self.cur_tick += 1
+        self.tick_start_nimg = self.cur_nimg
+
     def state_dict(self):
         return dataclasses.asdict(self)
 

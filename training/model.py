@@ -9,35 +9,12 @@ import torch
 import dnnlib
 from patches import network_pickle
 from torch_utils import distributed
+from torch_utils.distributed import print0
 from torch_utils import misc
 from training import ada as ada_lib
 from training import augment  # noqa: F401  (registers AugmentPipe for the pickle loader)
 from training import networks  # noqa: F401  (registers the network classes for the pickle loader)
 from training import phases as phase_lib
-from training.ema import Ema
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """The fixed settings the iteration and tick functions read (set once from the loop's kwargs)."""
-    run_dir: str
-    rank: int
-    num_gpus: int
-    device: torch.device
-    batch_size: int
-    batch_gpu: int
-    random_seed: int
-    total_kimg: float
-    kimg_per_tick: float
-    snap_kimg: tuple
-    image_snapshot_ticks: int
-    network_snapshot_ticks: int
-    checkpoint_ticks: int
-    metrics: tuple
-
-    @property
-    def total_nimg(self):
-        return self.total_kimg * 1000
 
 
 @dataclasses.dataclass
@@ -48,38 +25,21 @@ class Model:
     G_ema: torch.nn.Module
     augment_pipe: torch.nn.Module
     loss: object
-    ema: Ema
-    ada: ada_lib.AdaController
+    ema: object             # G_ema's averager (training.ema.Ema by default)
+    ada: object             # ADA controller of p (training.ada.AdaController by default), or None
     opts: dict              # 'G'/'D' -> NetOptimizer
     phases: list            # [Phase]
     timer: phase_lib.PhaseTimer
     averagers: dict         # 'G'/'D' -> distributed.GradAverager with several ranks; empty for one
 
-    def parts(self):
-        """The checkpointed state, by name."""
-        return dict(G=self.G.state_dict(), D=self.D.state_dict(), G_ema=self.ema.state_dict(),
-                    G_opt=self.opts['G'].state_dict(), D_opt=self.opts['D'].state_dict(),
-                    loss=self.loss.state_dict(), ada=self.ada.state_dict() if self.ada is not None else None)
-
-    def load_parts(self, parts):
-        self.G.load_state_dict(parts['G'])
-        self.D.load_state_dict(parts['D'])
-        self.ema.load_state_dict(parts['G_ema'])
-        self.opts['G'].load_state_dict(parts['G_opt'])
-        self.opts['D'].load_state_dict(parts['D_opt'])
-        self.loss.load_state_dict(parts['loss'])
-        if self.ada is not None and parts['ada'] is not None:
-            self.ada.load_state_dict(parts['ada'])
-
-
-
-def print0(run, *args):
-    if run.rank == 0:
-        print(*args, flush=True)
+    def fold_pending(self):
+        """Cross-rank work a checkpoint needs first: ADA's pending statistics (a collective; every rank)."""
+        if self.ada is not None:
+            self.ada.fold_pending()
 
 
 def build_networks(run, training_set, G_kwargs, D_kwargs, print_summary):
-    print0(run, 'Constructing networks...')
+    print0('Constructing networks...')
     common = dict(c_dim=training_set.label_dim, img_resolution=training_set.resolution,
                   img_channels=training_set.num_channels)
     G = dnnlib.util.construct_class_by_name(**G_kwargs, **common).train().requires_grad_(False).to(run.device)
@@ -95,35 +55,53 @@ def build_networks(run, training_set, G_kwargs, D_kwargs, print_summary):
     return G, D, G_ema
 
 
-def build_model(run, training_set, G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwargs, loss_kwargs, augment_kwargs,
-                aug, ema, reg, lr_schedule, print_summary):
-    """Networks, augmentation + ADA, loss, optimizers and phases.
+def _build_augmentation(run, parts):
+    """The augmentation pipe and its ADA controller, or (None, None) without augmentation."""
+    if parts.augment_kwargs is None or (parts.augment_p == 0 and parts.ada_target is None):
+        return None, None
+    pipe = dnnlib.util.construct_class_by_name(**parts.augment_kwargs).train().requires_grad_(False).to(run.device)
+    ada_lib.set_initial_p(pipe, parts.augment_p)
+    ada = dnnlib.util.construct_class_by_name(**dict(dict(target=parts.ada_target, interval=parts.ada_interval,
+                                                          ada_kimg=parts.ada_kimg, p_max=parts.ada_p_max),
+                                                     **parts.ada_kwargs),
+                                              augment_pipe=pipe, batch_size=run.batch_size)
+    return pipe, ada
 
-    Args (beyond training_loop's own): aug = dict(p, target, interval, kimg, p_max); ema = dict(ema_kimg,
-    ema_rampup); reg = dict(G=G_reg_interval, D=D_reg_interval); lr_schedule = dict(schedule, target).
-    """
-    G, D, G_ema = build_networks(run, training_set, G_kwargs, D_kwargs, print_summary)
-    pipe = ada = None
-    if augment_kwargs is not None and (aug['p'] > 0 or aug['target'] is not None):
-        pipe = dnnlib.util.construct_class_by_name(**augment_kwargs).train().requires_grad_(False).to(run.device)
-        ada_lib.set_initial_p(pipe, aug['p'])
-        ada = ada_lib.AdaController(pipe, aug['target'], aug['interval'], aug['kimg'], run.batch_size, aug['p_max'])
-    loss = dnnlib.util.construct_class_by_name(device=run.device, G_mapping=G.mapping, G_synthesis=G.synthesis,
-                                               D=D, augment_pipe=pipe, **loss_kwargs)
+
+def _build_optimizers(run, parts, G, D):
     opts = {}
-    for name, module, opt_kwargs in (('G', G, G_opt_kwargs), ('D', D, D_opt_kwargs)):
-        scheduled = lr_schedule['schedule'] is not None and lr_schedule['target'] in ('both', name.lower())
-        opts[name] = phase_lib.NetOptimizer(module, opt_kwargs, reg[name],
-                                            lr_schedule['schedule'] if scheduled else None,
-                                            run.total_nimg)
-    phases = phase_lib.build_phases(reg['G'], reg['D'])
+    schedule, target = parts.lr_schedule, parts.lr_schedule_target
+    for name, module, opt_kwargs in (('G', G, parts.G_opt_kwargs), ('D', D, parts.D_opt_kwargs)):
+        scheduled = schedule is not None and target in ('both', name.lower())
+        opts[name] = phase_lib.NetOptimizer(module, opt_kwargs, parts.reg_intervals[name],
+                                            schedule if scheduled else None, run.total_nimg)
+    return opts
+
+
+def build_model(run, training_set, parts, print_summary):
+    """Networks, augmentation + ADA, loss, EMA, optimizers and phases; each built from its kwargs.
+
+    Args:
+        run: the RunConfig.
+        training_set: the dataset (label and image shapes).
+        parts: the LoopOptions (or any object with their `*_kwargs`, ADA, EMA, regularisation and lr
+            schedule fields).
+        print_summary: print the module summary tables.
+    """
+    G, D, G_ema = build_networks(run, training_set, parts.G_kwargs, parts.D_kwargs, print_summary)
+    pipe, ada = _build_augmentation(run, parts)
+    loss = dnnlib.util.construct_class_by_name(device=run.device, G_mapping=G.mapping, G_synthesis=G.synthesis,
+                                               D=D, augment_pipe=pipe, **(parts.loss_kwargs or {}))
+    ema = dnnlib.util.construct_class_by_name(**dict(dict(ema_kimg=parts.ema_kimg, ema_rampup=parts.ema_rampup),
+                                                     **parts.ema_kwargs), G=G, G_ema=G_ema)
+    phases = phase_lib.build_phases(parts.reg_intervals['G'], parts.reg_intervals['D'])
     timer = phase_lib.PhaseTimer(phases, enabled=run.rank == 0 and run.device.type == 'cuda', device=run.device)
     # After G_ema's copy: the averagers' hooks belong to the trained networks only. One process: no hooks.
     averagers = {}
     if distributed.world_size() > 1:
         averagers = {name: distributed.GradAverager(module.parameters()) for name, module in (('G', G), ('D', D))}
-    return Model(G=G, D=D, G_ema=G_ema, augment_pipe=pipe, loss=loss, ema=Ema(G, G_ema, **ema), ada=ada, opts=opts,
-                 phases=phases, timer=timer, averagers=averagers)
+    return Model(G=G, D=D, G_ema=G_ema, augment_pipe=pipe, loss=loss, ema=ema, ada=ada,
+                 opts=_build_optimizers(run, parts, G, D), phases=phases, timer=timer, averagers=averagers)
 
 
 def transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256):
@@ -133,7 +111,7 @@ def transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256):
     if resume_pkl_sha256 is not None and sha != resume_pkl_sha256:
         raise ValueError(f'{resume_pkl}: sha256 {sha} differs from {resume_pkl_sha256} recorded when '
                          f'the run was set up; the transfer source changed')
-    print0(run, f'Resuming from "{resume_pkl}" (sha256 {sha})')
+    print0(f'Resuming from "{resume_pkl}" (sha256 {sha})')
     data = network_pickle.load_network_pkl(local)
     for name, dst in (('G', model.G), ('D', model.D), ('G_ema', model.G_ema)):
         if data.get(name) is None:
@@ -146,10 +124,10 @@ def transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256):
         dst_names = [n for n, _ in misc.named_params_and_buffers(dst)]
         fresh = [n for n in dst_names if n not in src_names]
         unused = sorted(src_names - set(dst_names))
-        print0(run, f'  {name}: copied {len(dst_names) - len(fresh)} tensors; kept fresh {len(fresh)}; '
+        print0(f'  {name}: copied {len(dst_names) - len(fresh)} tensors; kept fresh {len(fresh)}; '
                      f'source-only {len(unused)}')
         for label, names in (('kept fresh', fresh), ('source-only', unused)):
             if names:
-                print0(run, f'    {label}: {", ".join(names[:8])}' + (' ...' if len(names) > 8 else ''))
+                print0(f'    {label}: {", ".join(names[:8])}' + (' ...' if len(names) > 8 else ''))
 
 

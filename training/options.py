@@ -16,6 +16,7 @@ import os
 
 import dnnlib
 import schedulers
+from training import config
 
 # ----------------------------------------------------------------------------
 # Presets, as upstream's cfg_specs. ref_gpus=None means "the --gpus value" (auto).
@@ -455,6 +456,12 @@ def _extras(o, args, info):
     _snapshots_and_metrics(o, args, info)
 
 
+def _part_classes(args):
+    """The classes that build G_ema's averager and ADA's controller (recorded: swapping one is configuration)."""
+    args.ema_kwargs = dnnlib.EasyDict(config.DEFAULT_EMA_KWARGS)
+    args.ada_kwargs = dnnlib.EasyDict(config.DEFAULT_ADA_KWARGS)
+
+
 def _snapshots_and_metrics(o, args, info):
     """kimg points, metric data and size, device, checkpoint and tick intervals."""
     # kimg snapshot points: each must be reached before training stops.
@@ -561,4 +568,5 @@ def build_training_options(opts, dataset_info=None, resume_info=None, valid_metr
     _apply_source_architecture(o, args, info, resume_info)
     _performance(o, args, desc_parts)
     _extras(o, args, info)
+    _part_classes(args)
     return ''.join(desc_parts), args

@@ -13,11 +13,18 @@ import os
 import re
 
 import dnnlib
+from training import config
 
 OPTIONS_FILE = 'training_options.json'
 LOCK_FILE = '.lock'
-# Option keys newer versions add; a stored run without them is compared without them.
-_ADDED_LATER = ('resume_pkl_sha256',)
+_ANY = object()
+# Option keys newer versions add, with the value a stored run without the key had in effect (_ANY: a
+# stored run without the key matches whatever the new command records).
+_ADDED_LATER = {
+    'resume_pkl_sha256': _ANY,
+    'ema_kwargs': config.DEFAULT_EMA_KWARGS,
+    'ada_kwargs': config.DEFAULT_ADA_KWARGS,
+}
 
 
 def _numbered(outdir):
@@ -126,8 +133,11 @@ def _easydicts(obj):
 def same_options(stored, args):
     """True when a stored run's options equal the new command's (keys added later ignored if absent)."""
     stored, wanted = normalise(stored), normalise(args)
-    # Runs set up before the source's sha256 was recorded still continue with the same command.
-    wanted = {k: v for k, v in wanted.items() if k in stored or k not in _ADDED_LATER}
+    # Runs set up before a key was recorded still continue with the same command when the new value
+    # is the one those runs had in effect.
+    for key, default in _ADDED_LATER.items():
+        if key not in stored and key in wanted and (default is _ANY or wanted[key] == default):
+            del wanted[key]
     return stored == wanted
 
 

@@ -1,9 +1,9 @@
 """The StyleGAN2-ADA training loop: set-up, one iteration, tick ends, checkpoints.
 
-The loop's state lives in objects that each own their data and have state_dict()/load_state_dict():
-`Counters` (images seen, tick, iteration, kimg points done), `Ema` (G_ema), `AdaController` (p, in
-the augmentation pipe's buffer, and its pending statistics), one `NetOptimizer` per network, and the
-loss (path-length mean). A checkpoint stores them by name (torch_utils.checkpoint).
+The functions take the frozen RunConfig (`run`) and one mutable TrainingState (`state`: the trained
+objects, counters and tick clock; training/state.py). What a checkpoint holds is the state's registry
+of named objects with state_dict()/load_state_dict(), read by save and load alike. The options and
+their defaults are training/config.py's LoopOptions; each part is built from its `*_kwargs`.
 
 Deliberate differences from upstream (see patches/README.md):
 - Per-iteration RNG is reseeded from (seed, rank, cur_nimg), and the data order is a pure function of
@@ -31,16 +31,17 @@ import dnnlib
 from torch_utils import checkpoint
 from torch_utils import distributed
 from torch_utils import training_stats
+from torch_utils.distributed import print0
+from training import config
 from training import outputs
 from training import phases as phase_lib
 from training import preempt
 from training import snapshots
 from training import ticks
 from training.counters import Counters
-from training.model import Model, RunConfig, build_model, print0, transfer_from_pickle
+from training.model import Model, build_model, transfer_from_pickle
 from training.sampler import InfiniteSampler
-
-_NEVER = 1 << 62                # a snapshot interval that never comes
+from training.state import new_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +84,12 @@ def _setup_runtime(run, cudnn_benchmark, allow_tf32):
         training_stats.init_multiprocessing(rank=run.rank, sync_device=sync_device)
 
 
-def _open_dataset(run, training_set_kwargs):
-    print0(run, 'Loading training set...')
+def _open_dataset(training_set_kwargs):
+    print0('Loading training set...')
     training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
-    print0(run, f'Num images:  {len(training_set)}')
-    print0(run, f'Image shape: {list(training_set.image_shape)}')
-    print0(run, f'Label shape: {list(training_set.label_shape)}\n')
+    print0(f'Num images:  {len(training_set)}')
+    print0(f'Image shape: {list(training_set.image_shape)}')
+    print0(f'Label shape: {list(training_set.label_shape)}\n')
     return training_set
 
 
@@ -105,18 +106,20 @@ def _data_iterator(run, training_set, data_loader_kwargs, start_idx):
                                             batch_size=run.batch_size // run.num_gpus, **kwargs))
 
 
-def _restore(run, model, counters, found):
-    """Load a checkpoint (path, meta, parts) into the model and counters."""
-    path, _meta, parts = found
-    model.load_parts(parts)
-    counters.load_state_dict(parts['counters'])
-    if run.rank == 0:
-        checkpoint.set_rng_state(parts['rng'])
-    print0(run, f'Continuing the run from {path} at kimg {counters.cur_nimg / 1000:.3f} (tick {counters.cur_tick}).')
+@dataclasses.dataclass(frozen=True)
+class Latest:
+    """The newest readable checkpoint of a run dir (path None: the run has none)."""
+    path: str = None
+    meta: dict = None
+    parts: dict = None
+
+    @property
+    def found(self):
+        return self.path is not None
 
 
 def find_checkpoint(run_dir):
-    """The newest readable checkpoint of run_dir as (path, meta, parts), or None; cuts the logs back to it.
+    """The newest readable checkpoint of run_dir as a Latest; cuts the logs back to it.
 
     Stale temp files of a killed writer are removed first. A run dir that has state files but none
     readable raises checkpoint.UnreadableState (one line naming the files): never start over silently.
@@ -126,7 +129,32 @@ def find_checkpoint(run_dir):
     changed = outputs.roll_back_appended(run_dir, meta.get('outputs', {}) if meta else {})
     if changed:
         print(f'Cut {", ".join(changed)} back to the checkpoint {os.path.basename(path) if path else "(none)"}.')
-    return (path, meta, parts) if path is not None else None
+    return Latest(path, meta, parts)
+
+
+def _agree_on_checkpoint(run, latest):
+    """The Latest that rank 0 chose (every rank loads that file); rank 0 looks itself when `latest` is None."""
+    if run.rank == 0 and latest is None:
+        latest = find_checkpoint(run.run_dir)
+    path = distributed.broadcast_object(latest.path if run.rank == 0 else None)
+    if run.rank != 0:
+        latest = Latest(path, *checkpoint.load_state(path)) if path is not None else Latest()
+    return latest
+
+
+def _restore(run, state, latest):
+    """Load every registered part of the checkpoint into the state."""
+    state.checkpointed.load(latest.parts)
+    print0(f'Continuing the run from {latest.path} at kimg {state.counters.cur_nimg / 1000:.3f} '
+           f'(tick {state.counters.cur_tick}).')
+
+
+def _sync_ranks(state):
+    """Every rank starts from rank 0's tensors and counters."""
+    model = state.model
+    for module in (model.G, model.D, model.G_ema, model.augment_pipe):
+        distributed.broadcast_module(module)
+    state.counters.load_state_dict(distributed.broadcast_object(state.counters.state_dict()))
 
 
 # ----------------------------------------------------------------------------
@@ -170,8 +198,9 @@ def _upload_batch(run, img, real_c, gen_c):
     return img, real_c.split(run.batch_gpu), gen_cs
 
 
-def training_step(run, model, counters, training_set, data_iter):
+def training_step(run, state, training_set, data_iter):
     """One iteration: the phases due at batch_idx, EMA, counters, ADA. Returns a StepInfo."""
+    model, counters = state.model, state.counters
     step_nimg = counters.cur_nimg
     _step_seed(run.random_seed, run.rank, step_nimg)
     img, real_c = _fetch_reals(data_iter)
@@ -189,8 +218,7 @@ def training_step(run, model, counters, training_set, data_iter):
                                 model.averagers.get(phase.net))
             ran.append(phase.name)
     model.ema.update(step_nimg, run.batch_size)
-    counters.cur_nimg += run.batch_size
-    counters.batch_idx += 1
+    counters.advance(run.batch_size)
     if model.ada is not None:
         model.ada.after_step(counters.batch_idx)
     return StepInfo(nimg=step_nimg, phases=tuple(ran))
@@ -209,27 +237,27 @@ def _stop_requested(run, stop, batch_idx):
     return distributed.any_rank(stop.received is not None, run.device)
 
 
-def _train(run, model, counters, training_set, data_iter, grid, stats_writer, hooks, iteration_fn, stop, start_time):
+def _train(run, state, data, grid, stats_writer, hooks, stop):
     """Iterate until the budget, an abort or a stop request; returns the outcome."""
-    now = time.time()  # tick 0's maintenance is the set-up time, as upstream
-    clock = ticks.TickClock(start=start_time, tick_start=now, maintenance=now - start_time)
-    collector = training_stats.Collector(regex='.*')
-    if counters.cur_nimg >= run.total_nimg:
+    state.clock.begin_training()
+    out = ticks.TickOutputs(grid=grid, stats_writer=stats_writer, collector=training_stats.Collector(regex='.*'),
+                            hooks=hooks)
+    if state.counters.cur_nimg >= run.total_nimg:
         return 'finished'
     while True:
-        step = training_step(run, model, counters, training_set, data_iter)
-        done = counters.cur_nimg >= run.total_nimg
-        if iteration_fn is not None:
-            iteration_fn(model, counters, step)
-        preempted = not done and _stop_requested(run, stop, counters.batch_idx)
+        step = training_step(run, state, *data)
+        done = state.counters.cur_nimg >= run.total_nimg
+        if hooks.iteration_fn is not None:
+            hooks.iteration_fn(state.model, state.counters, step)
+        preempted = not done and _stop_requested(run, stop, state.counters.batch_idx)
         if preempted:
-            print0(run, f'Received {stop.received or "a stop request"}: writing a checkpoint and stopping.')
-        if ticks.tick_due(run, counters, done) or preempted:
-            outcome = ticks.end_tick(run, model, counters, clock, grid, stats_writer, collector, hooks, done, preempted)
+            print0(f'Received {stop.received or "a stop request"}: writing a checkpoint and stopping.')
+        if ticks.tick_due(run, state.counters, done) or preempted:
+            outcome = ticks.end_tick(run, state, out, step, done, preempted)
             if outcome is not None:
                 return outcome
         else:
-            ticks.progress_line(run, counters, clock)
+            ticks.progress_line(state)
 
 
 # ----------------------------------------------------------------------------
@@ -241,7 +269,7 @@ def _open_outputs(run, training_set, model, continued):
     if run.rank != 0:
         return None, None
     os.makedirs(run.run_dir, exist_ok=True)
-    print0(run, 'Exporting sample images...')
+    print0('Exporting sample images...')
     # Chunks of batch_gpu on a GPU (memory, as upstream); larger on CPU, where per-call overhead dominates.
     chunk = run.batch_gpu if run.device.type == 'cuda' else max(run.batch_gpu, 128)
     grid = snapshots.ImageGrid(training_set, model.G.z_dim, run.random_seed, run.device, chunk)
@@ -251,119 +279,69 @@ def _open_outputs(run, training_set, model, continued):
     return grid, outputs.StatsWriter(run.run_dir, time.time())
 
 
-def training_loop(*, run_dir='.', training_set_kwargs=None, data_loader_kwargs=None, G_kwargs=None, D_kwargs=None,
-                  G_opt_kwargs=None, D_opt_kwargs=None, augment_kwargs=None, loss_kwargs=None, metrics=(),
-                  random_seed=0, num_gpus=1, rank=0, local_rank=None, batch_size=4, batch_gpu=4, ema_kimg=10,
-                  ema_rampup=None, G_reg_interval=4, D_reg_interval=16, augment_p=0, ada_target=None,
-                  ada_interval=4, ada_kimg=500, ada_p_max=None, total_kimg=25000, kimg_per_tick=4,
-                  image_snapshot_ticks=50, network_snapshot_ticks=50, snap_kimg=(), checkpoint_ticks=None,
-                  resume_pkl=None, resume_pkl_sha256=None, lr_schedule=None, lr_schedule_target='both',
-                  device='auto', cudnn_benchmark=True, allow_tf32=False, print_summary=True, metric_fn=None,
-                  abort_fn=None, progress_fn=None, iteration_fn=None, checkpoint_found=False):
-    """Train StyleGAN2-ADA in `run_dir`, continuing from its newest readable checkpoint if it has one.
+def training_loop(*, metric_fn=None, abort_fn=None, progress_fn=None, iteration_fn=None, latest=None, **options):
+    """Train StyleGAN2-ADA in run_dir, continuing from its newest readable checkpoint if it has one.
 
-    Args (upstream's names and defaults, then ours):
-        run_dir: output directory.
-        training_set_kwargs, data_loader_kwargs: dataset and torch DataLoader options.
-        G_kwargs, D_kwargs: network constructors (class_name + kwargs).
-        G_opt_kwargs, D_opt_kwargs: Adam options with the unscaled lr and betas.
-        augment_kwargs: augmentation pipe (None = no augmentation).
-        loss_kwargs: the loss (class_name + kwargs).
-        metrics: names of the metrics metric_fn evaluates after each network snapshot.
-        random_seed, num_gpus, rank: seed; processes taking part; this one's rank.
-        local_rank: device index under torchrun (None = rank).
-        batch_size: images per iteration over all ranks; batch_gpu: per pass on one rank.
-        ema_kimg, ema_rampup: G_ema half-life in kimg; its ramp-up (None = none).
-        G_reg_interval, D_reg_interval: lazy regularisation intervals (None = with the main loss).
-        augment_p: initial augmentation probability.
-        ada_target, ada_interval, ada_kimg, ada_p_max: ADA target (None = fixed p), iterations
-            between adjustments, kimg for p to move by 1, upper bound (None = none, as upstream).
-        total_kimg, kimg_per_tick: training length; progress tick length.
-        image_snapshot_ticks, network_snapshot_ticks: ticks between snapshots (None = never).
-        snap_kimg: extra snapshots (and metrics) when cur_nimg first reaches these kimg.
-        checkpoint_ticks: ticks between training-state checkpoints (None = network_snapshot_ticks or 50).
-        resume_pkl, resume_pkl_sha256: transfer source (weights only) and its sha256 at set-up.
-        lr_schedule, lr_schedule_target: schedulers dict (None = constant lr); 'g', 'd' or 'both'.
-        device: 'auto', 'cpu' or 'cuda'. cudnn_benchmark, allow_tf32: backend switches.
-        print_summary: print the module summary tables at start-up.
+    Args:
+        **options: the LoopOptions keys (training/config.py lists each with its default and meaning),
+            as training_options.json holds them; an unknown key is a TypeError.
         metric_fn: (G, snapshot_pkl, cur_nimg, device) -> {name: value}, called on every rank.
         abort_fn: () -> bool, stop after the tick when True. progress_fn: (cur_kimg, total_kimg).
         iteration_fn: (model, counters, StepInfo) after each iteration (tests, diagnostics).
-        checkpoint_found: the (path, meta, parts) of find_checkpoint(run_dir) when the caller
-            already looked (run_training does, before log.txt opens); False = look here.
+        latest: find_checkpoint(run_dir) when rank 0's caller already looked (run_training does, before
+            log.txt opens); None = rank 0 looks here.
 
     Returns:
         Result(model, counters, state, continued).
     """
     start_time = time.time()
-    device_type = distributed.resolve_device_type(device)
-    run = RunConfig(run_dir=run_dir, rank=rank, num_gpus=num_gpus,
-                    device=distributed.device_for(device_type, rank if local_rank is None else local_rank),
-                    batch_size=batch_size, batch_gpu=batch_gpu, random_seed=random_seed, total_kimg=total_kimg,
-                    kimg_per_tick=kimg_per_tick, snap_kimg=tuple(sorted(float(k) for k in snap_kimg or ())),
-                    image_snapshot_ticks=image_snapshot_ticks or _NEVER,
-                    network_snapshot_ticks=network_snapshot_ticks or _NEVER,
-                    checkpoint_ticks=checkpoint_ticks or network_snapshot_ticks or 50, metrics=tuple(metrics or ()))
-    assert batch_size % (batch_gpu * num_gpus) == 0, 'batch_size must be a multiple of batch_gpu * num_gpus'
+    opts = config.LoopOptions(**options)
+    device_type = distributed.resolve_device_type(opts.device)
+    run = config.run_config(opts, distributed.device_for(device_type, opts.rank if opts.local_rank is None
+                                                         else opts.local_rank))
+    hooks = ticks.Hooks(metric_fn=metric_fn, abort_fn=abort_fn, progress_fn=progress_fn, iteration_fn=iteration_fn)
     # Installed first: SIGTERM/SIGUSR1 during the set-up stop the run after its first step, with a checkpoint.
     with preempt.StopRequest() as stop:
-        _setup_runtime(run, cudnn_benchmark, allow_tf32)
-        training_set = _open_dataset(run, training_set_kwargs)
-        aug = dict(p=augment_p, target=ada_target, interval=ada_interval, kimg=ada_kimg, p_max=ada_p_max)
-        model = build_model(run, training_set, G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwargs, loss_kwargs or {},
-                            augment_kwargs, aug=aug, ema=dict(ema_kimg=ema_kimg, ema_rampup=ema_rampup),
-                            reg=dict(G=G_reg_interval, D=D_reg_interval),
-                            lr_schedule=dict(schedule=lr_schedule, target=lr_schedule_target), print_summary=print_summary)
-        counters = Counters()
-        found = _agree_on_checkpoint(run, checkpoint_found)
-        if found:
-            _restore(run, model, counters, found)
-        elif resume_pkl is not None:
-            transfer_from_pickle(run, model, resume_pkl, resume_pkl_sha256)
-        _sync_ranks(model, counters)
-        hooks = ticks.Hooks(training_set_kwargs=training_set_kwargs, metric_fn=metric_fn, abort_fn=abort_fn,
-                            progress_fn=progress_fn)
-        return _run(run, model, counters, training_set, data_loader_kwargs or {}, hooks, iteration_fn, bool(found),
-                    start_time, stop)
+        state, training_set, continued = _set_up(run, opts, latest, start_time)
+        return _run(run, state, (training_set, opts.data_loader_kwargs or {}), hooks, continued, stop)
 
 
-def _agree_on_checkpoint(run, checkpoint_found):
-    """(path, meta, parts) of the checkpoint rank 0 chose (every rank loads that file), or None."""
-    found = None
-    if run.rank == 0:
-        found = find_checkpoint(run.run_dir) if checkpoint_found is False else checkpoint_found
-    path = distributed.broadcast_object(found[0] if found else None)
-    if run.rank != 0 and path is not None:
-        found = (path, *checkpoint.load_state(path))
-    return found
+def _set_up(run, opts, latest, start_time):
+    """Runtime switches, dataset, the trained parts, then the checkpoint or transfer source; returns
+    (TrainingState, training set, whether the run continues)."""
+    _setup_runtime(run, opts.cudnn_benchmark, opts.allow_tf32)
+    training_set = _open_dataset(opts.training_set_kwargs)
+    state = new_state(build_model(run, training_set, opts, opts.print_summary), run.rank, start_time)
+    latest = _agree_on_checkpoint(run, latest)
+    if latest.found:
+        _restore(run, state, latest)
+    elif opts.resume_pkl is not None:
+        transfer_from_pickle(run, state.model, opts.resume_pkl, opts.resume_pkl_sha256)
+    _sync_ranks(state)
+    return state, training_set, latest.found
 
 
-def _sync_ranks(model, counters):
-    """Every rank starts from rank 0's tensors and counters."""
-    for module in (model.G, model.D, model.G_ema, model.augment_pipe):
-        distributed.broadcast_module(module)
-    counters.load_state_dict(distributed.broadcast_object(counters.state_dict()))
-
-
-def _run(run, model, counters, training_set, data_loader_kwargs, hooks, iteration_fn, continued, start_time, stop):
-    data_iter = _data_iterator(run, training_set, data_loader_kwargs, counters.cur_nimg)
-    grid, stats_writer = _open_outputs(run, training_set, model, continued)
-    print0(run, f'Training for {run.total_kimg} kimg...\n')
-    state = 'interrupted'
+def _run(run, state, data_source, hooks, continued, stop):
+    """Data iterator and outputs, then the iterations; status.json says 'interrupted' if they raise."""
+    training_set, data_loader_kwargs = data_source
+    data_iter = _data_iterator(run, training_set, data_loader_kwargs, state.counters.cur_nimg)
+    grid, stats_writer = _open_outputs(run, training_set, state.model, continued)
+    print0(f'Training for {run.total_kimg} kimg...\n')
+    outcome = 'interrupted'
     try:
-        state = _train(run, model, counters, training_set, data_iter, grid, stats_writer, hooks, iteration_fn, stop,
-                       start_time)
+        outcome = _train(run, state, (training_set, data_iter), grid, stats_writer, hooks, stop)
     finally:
         if stats_writer is not None:
             stats_writer.close()
-        if run.rank == 0 and state == 'interrupted':
+        if run.rank == 0 and outcome == 'interrupted':
             try:
-                outputs.write_status(run.run_dir, 'interrupted', counters, run.total_kimg, run.metrics, run.snap_kimg)
+                outputs.write_status(run.run_dir, 'interrupted', state.counters, run.total_kimg, run.metrics,
+                                     run.snap_kimg)
             except OSError:
                 pass  # the error that stopped the run (e.g. a full disk) is the one to report
-    print0(run, f'\nStopped for preemption (exit code {preempt.EXIT_PREEMPTED}).' if state == 'preempted' else
+    print0(f'\nStopped for preemption (exit code {preempt.EXIT_PREEMPTED}).' if outcome == 'preempted' else
            '\nExiting...')
-    return Result(model=model, counters=counters, state=state, continued=continued)
+    return Result(model=state.model, counters=state.counters, state=outcome, continued=continued)
 
 
 # ----------------------------------------------------------------------------
@@ -374,13 +352,12 @@ def run_training(rank, args, metric_fn=None):
     """Rank entry point: on rank 0 find the checkpoint (cutting the logs back to it), tee output into
     <run_dir>/log.txt, then train. Returns the outcome ('finished', 'preempted', ...).
     """
-    logger = None
-    found = False
+    logger = latest = None
     if rank == 0:
-        found = find_checkpoint(args['run_dir'])
+        latest = find_checkpoint(args['run_dir'])
         logger = dnnlib.util.Logger(file_name=os.path.join(args['run_dir'], 'log.txt'), file_mode='a')
     try:
-        return training_loop(rank=rank, metric_fn=metric_fn, checkpoint_found=found, **args).state
+        return training_loop(rank=rank, metric_fn=metric_fn, latest=latest, **args).state
     finally:
         if logger is not None:
             logger.close()
