@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, 'tools', 'slurm_local.sh')
 CELLS = '^Mix-dataset1/(fixed|ddclr)$'   # grid indices 40 and 42
-POINTS = (1, 2)
+POINTS = (2, 4)  # long enough that every cell is pre-empted and the cancel lands mid-run, also on an idle machine
 # A tiny network trained from scratch; everything the grid fixes for the study is overridden after `--`.
 TRAIN_ARGS = ['--cfg=auto', '--resume=noresume', '--cbase=256', '--cmax=16', '--map-depth=2', '--batch=4',
               '--batch-gpu=4', '--gamma=0.01', '--aug=noaug', '--metric-num-gen=8', '--workers=0', '--device=cpu',
