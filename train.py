@@ -315,15 +315,21 @@ def _run_torchrun(opts):
         except opt_lib.OptionError as e:
             payload = dict(error=str(e))
     payload = distributed.broadcast_object(payload)
+    if 'error' in payload or payload.get('_plan_kind') == 'finished':
+        distributed.leave_torchrun(all_done=True)  # every rank got the same payload
     if 'error' in payload:
         raise click.ClickException(payload['error'])
     if payload.pop('_plan_kind') == 'finished':
         return 'finished'
+    all_done = False
     try:
-        return train_rank(env['rank'], dict(payload, local_rank=env['local_rank']))
+        outcome = train_rank(env['rank'], dict(payload, local_rank=env['local_rank']))
+        all_done = True
+        return outcome
     finally:
         if lock is not None:
             lock.close()
+        distributed.leave_torchrun(all_done)
 
 
 def _train_with_one_line_errors(fn, *args):

@@ -95,6 +95,10 @@ def test_the_old_pixel_budget_would_break_the_kernels():
     assert len(problems) > 10 and 'upfirdn2d' in ' '.join(problems)
 
 
+# The loss reports its statistics on the meta device: clear them so later tests' collectors never see them.
+pytestmark = pytest.mark.usefixtures('fresh_training_stats')
+
+
 @pytest.fixture(autouse=True)
 def _widest_augment_padding(monkeypatch):
     """The augment pipe fits its geometric padding to the batch's draws, which a meta tensor does not hold:

@@ -184,6 +184,20 @@ def join_torchrun(device_type):
     return env
 
 
+def leave_torchrun(all_done):
+    """Tear down the process group that join_torchrun set up, before the interpreter exits.
+
+    Left to interpreter shutdown, a gloo group can abort a rank whose peer has already gone ("terminate
+    called without an active exception"). After a normal end every rank first waits for the others;
+    after an error it does not (torchrun stops the other ranks).
+    """
+    if not is_initialized():
+        return
+    if all_done:
+        barrier()
+    torch.distributed.destroy_process_group()
+
+
 def broadcast_object(obj, src=0):
     """Send a picklable object from `src` to every rank (identity for one process)."""
     if world_size() == 1:
