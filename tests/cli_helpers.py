@@ -1,5 +1,7 @@
 """Checks the CLI tests share: a failure is exactly one 'Error:' line naming what went wrong."""
 
+import time
+
 
 def one_error_line(output, *needles):
     """The single 'Error:' line of `output` (no traceback), which must contain every needle."""
@@ -71,3 +73,12 @@ def refused(result, code, *needles, state=None):
     if state is not None:
         state.assert_unchanged()
     return line
+
+
+def wait_while_running(proc, ready, timeout, interval):
+    """Poll `ready()` until true; fail if `proc` ends first, or after `timeout` s (a hang guard only)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f'finished before it could be signalled: {proc.communicate()}'
+        assert time.monotonic() < deadline, 'never reached the state to signal'
+        time.sleep(interval)

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
+from tests.cli_helpers import wait_while_running
 from tests.dataset_tool_helpers import run as _run
 from dataset_build import parallel
 
@@ -60,11 +61,7 @@ def _interrupt(args, ready, tmp_path, times=1):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not ready():
-            assert proc.poll() is None, f'finished before it could be interrupted: {proc.communicate()}'
-            assert time.monotonic() < deadline, 'never reached the state to interrupt'
-            time.sleep(0.02)
+        wait_while_running(proc, ready, HANG_GUARD_S, 0.02)
         for i in range(times):
             with contextlib.suppress(ProcessLookupError):  # it may be gone already
                 os.killpg(proc.pid, signal.SIGINT)

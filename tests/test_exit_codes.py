@@ -12,7 +12,8 @@ import zipfile
 
 import pytest
 
-from cli_helpers import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, TreeState, refused
+from cli_helpers import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_USAGE, TreeState, refused,
+                         wait_while_running)
 from training_helpers import write_image_zip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,11 +32,7 @@ def _signal_group_when(cmd, ready, signum, cwd):
     proc = subprocess.Popen(cmd, cwd=cwd, env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not ready():
-            assert proc.poll() is None, f'finished before the signal: {proc.communicate()[0][-3000:]}'
-            assert time.monotonic() < deadline, 'never reached the state to signal'
-            time.sleep(0.05)
+        wait_while_running(proc, ready, HANG_GUARD_S, 0.05)
         os.killpg(proc.pid, signum)
         out, _ = proc.communicate(timeout=HANG_GUARD_S)
     finally:
