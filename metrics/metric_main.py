@@ -153,8 +153,8 @@ def calc_metric(metric, G, dataset_kwargs, num_gpus=1, rank=0, device=None, dete
     )
 
 
-def result_line(result_dict, run_dir=None, snapshot_pkl=None, kimg=None) -> str:
-    """The JSON text (no newline) that report_metric appends: upstream's keys, then kimg/detector/num_gen/uncertainty."""
+def result_record(result_dict, run_dir=None, snapshot_pkl=None, kimg=None) -> dict:
+    """The record report_metric appends, keys in order: upstream's, then kimg/detector/num_gen/uncertainty."""
     if snapshot_pkl is not None and run_dir is not None and not util.is_url(snapshot_pkl):
         snapshot_pkl = os.path.relpath(snapshot_pkl, run_dir)
     record = dict(result_dict)
@@ -166,14 +166,12 @@ def result_line(result_dict, run_dir=None, snapshot_pkl=None, kimg=None) -> str:
     if record.get('uncertainty'):
         ordered['uncertainty'] = record['uncertainty']
     ordered.update({k: v for k, v in record.items() if k not in ordered})
-    return json.dumps(ordered)
+    return ordered
 
 
-def console_line(line):
-    """The printed form of a result line: without `details` (memorisation's thumbnails are ~80 KB of
-    base64), which only the jsonl file keeps, so log.txt stays readable."""
-    record = json.loads(line)
-    return line if record.pop('details', None) is None else json.dumps(record)
+def result_line(result_dict, run_dir=None, snapshot_pkl=None, kimg=None) -> str:
+    """The JSON text (no newline) of result_record."""
+    return json.dumps(result_record(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=kimg))
 
 
 def report_metric(result_dict, run_dir=None, snapshot_pkl=None, kimg=None):
@@ -185,10 +183,11 @@ def report_metric(result_dict, run_dir=None, snapshot_pkl=None, kimg=None):
     if result_dict.get('skipped'):  # nothing measured: say why, write no record
         print(result_dict['skipped'], flush=True)
         return
-    line = result_line(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=kimg)
-    print(console_line(line), flush=True)
+    record = result_record(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl, kimg=kimg)
+    # `details` (memorisation's thumbnails: ~80 KB of base64) go to the jsonl only, so log.txt stays readable.
+    print(json.dumps({k: v for k, v in record.items() if k != 'details'}), flush=True)
     if run_dir is not None and os.path.isdir(run_dir):
-        _append_line(os.path.join(run_dir, f'metric-{result_dict["metric"]}.jsonl'), line)
+        _append_line(os.path.join(run_dir, f'metric-{result_dict["metric"]}.jsonl'), json.dumps(record))
 
 
 def _append_line(path, line):
